@@ -1,0 +1,19 @@
+//! Reading TSEM security event descriptions: line framing and zero-copy,
+//! typed parsing of export records and trajectory lines.
+//!
+//! The crate knows the JSON shapes of spec §1 and the text conventions of §2
+//! (numbers, digests, escapes); it knows nothing about hashing or models.
+#![warn(missing_docs)]
+
+pub mod event_type;
+pub mod hex;
+pub mod lines;
+pub mod number;
+pub mod record;
+pub mod source;
+
+pub use event_type::EventType;
+pub use lines::{LineReader, Lines};
+pub use number::{parse_c_integer, CInteger, NumberError};
+pub use source::{LineSource, Oversized};
+pub use record::{EventView, ExportKind, Member, Obj, ParseError, Parser, Record, DEFAULT_MAX_RECORD_LEN};

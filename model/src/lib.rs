@@ -1,0 +1,13 @@
+//! The TSEM security model: mapping events to security state coefficients
+//! under the Quixote (Q) and kernel (K) profiles, and the model built from them.
+#![warn(missing_docs)]
+
+pub mod digest;
+mod fields;
+mod kernel;
+pub mod profile;
+mod quixote;
+
+pub use digest::{pseudonym_of, Coefficient, Digest, ZERO_DIGEST};
+pub use fields::MapError;
+pub use profile::{Mapper, Profile, PseudonymFileError, Pseudonyms};

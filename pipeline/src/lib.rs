@@ -1,0 +1,1 @@
+//! The staged pipeline (reader, workers, sequencer, verdicts).
