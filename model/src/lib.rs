@@ -7,6 +7,7 @@ mod fields;
 mod kernel;
 pub mod profile;
 mod quixote;
+pub mod store;
 
 pub use digest::{pseudonym_of, Coefficient, Digest, ZERO_DIGEST};
 pub use fields::MapError;

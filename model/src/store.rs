@@ -1,0 +1,1 @@
+//! The memory-mapped model store (skeleton: being implemented).

@@ -1,0 +1,70 @@
+//! Helpers shared by the end-to-end tests: the binary and the shared data.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// `../shared/conformance` relative to the repository root.
+pub fn conformance(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance").join(rel)
+}
+
+/// `../shared/real-kernel` relative to the repository root.
+pub fn real_kernel(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/real-kernel").join(rel)
+}
+
+/// A fixture under `tests/data`.
+pub fn data(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+}
+
+/// The built `tsem-stream` binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tsem-stream"))
+}
+
+/// Runs the binary with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).stdin(Stdio::null()).output().expect("run tsem-stream")
+}
+
+/// Runs the binary with `stdin` as standard input.
+pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tsem-stream");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&data));
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    out
+}
+
+/// Reads a text file into lines.
+pub fn lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Stdout as lines.
+pub fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Asserts two line lists are equal, reporting the first difference by line number.
+pub fn assert_same_lines(got: &[String], want: &[String], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "{what}: first difference at line {}", i + 1);
+    }
+    assert_eq!(got.len(), want.len(), "{what}: line count");
+}
