@@ -88,19 +88,21 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| MapError::Missing(join(self.at, key)))
     }
 
-    /// A text field as hashed. Quixote reads an empty string value as the
-    /// one-byte string `"` (its parser copies up to the closing quote starting
-    /// one byte too late); both profiles' references do the same.
+    /// A text field as hashed, with the rule of [`Fields::opt_text`].
     pub(crate) fn text(&self, key: &str) -> Result<&'a [u8], MapError> {
-        let s = self.str(key)?.as_bytes();
-        Ok(if s.is_empty() { b"\"" } else { s })
+        self.opt_text(key)?
+            .ok_or_else(|| MapError::Missing(join(self.at, key)))
     }
 
-    /// An optional text field, with the rule of [`Fields::text`].
+    /// An optional text field as hashed. Quixote reads an empty string value
+    /// as the one-byte string `"` (its parser starts copying one byte too
+    /// late), so Profile Q does too; the kernel hashes an empty value as nothing
+    /// (e.g. the `""` address of an abstract AF_UNIX socket).
     pub(crate) fn opt_text(&self, key: &str) -> Result<Option<&'a [u8]>, MapError> {
-        Ok(self
-            .opt_str(key)?
-            .map(|s| if s.is_empty() { &b"\""[..] } else { s.as_bytes() }))
+        Ok(self.opt_str(key)?.map(|s| match (s.is_empty(), self.profile) {
+            (true, Profile::Quixote) => &b"\""[..],
+            _ => s.as_bytes(),
+        }))
     }
 
     fn number(&self, key: &str, bits: u32) -> Result<u64, MapError> {
@@ -180,7 +182,7 @@ pub(crate) fn decode_hex_chunks(
     field: &str,
     mut sink: impl FnMut(&[u8]),
 ) -> Result<(), MapError> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(MapError::invalid("", field, "odd number of hex characters"));
     }
     let mut buf = [0u8; 64];

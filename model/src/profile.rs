@@ -45,9 +45,13 @@ impl std::fmt::Display for Profile {
 }
 
 /// The set of pseudonyms in force (spec §5.8): files whose digest is replaced
-/// by the zero-length digest before mapping.
+/// by the zero-length digest before mapping. Keeps insertion order so that
+/// models list them in a stable order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pseudonyms(HashSet<Digest>);
+pub struct Pseudonyms {
+    set: HashSet<Digest>,
+    order: Vec<Digest>,
+}
 
 impl Pseudonyms {
     /// An empty set.
@@ -56,27 +60,31 @@ impl Pseudonyms {
     }
     /// Adds a pseudonym value; returns false if it was already present.
     pub fn insert(&mut self, pseudonym: Digest) -> bool {
-        self.0.insert(pseudonym)
+        let new = self.set.insert(pseudonym);
+        if new {
+            self.order.push(pseudonym);
+        }
+        new
     }
     /// True when `pathname`'s pseudonym is in the set.
     pub fn covers(&self, pathname: &[u8]) -> bool {
-        !self.0.is_empty() && self.0.contains(&crate::digest::pseudonym_of(pathname))
+        !self.set.is_empty() && self.set.contains(&crate::digest::pseudonym_of(pathname))
     }
     /// True when the value is in the set.
     pub fn contains(&self, pseudonym: &Digest) -> bool {
-        self.0.contains(pseudonym)
+        self.set.contains(pseudonym)
     }
     /// Number of pseudonyms.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.order.len()
     }
     /// True when no pseudonym is loaded.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.order.is_empty()
     }
-    /// The values, in no particular order.
+    /// The values in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = &Digest> {
-        self.0.iter()
+        self.order.iter()
     }
 }
 
