@@ -148,3 +148,41 @@ fn pseudonym_from_events_uses_file_pathnames() {
     assert!(!got.is_empty());
     assert!(got.iter().all(|l| l.starts_with("pseudonym ") && l.len() == 74));
 }
+
+fn kernel_coefficients(extra: &[&str], input: &std::path::Path) -> Vec<String> {
+    let mut args = vec!["coefficients", "--profile", "kernel", "--on-error", "skip"];
+    args.extend_from_slice(extra);
+    args.push(input.to_str().unwrap());
+    stdout_lines(&run(&args))
+}
+
+#[test]
+fn kernel_profile_matches_the_second_opinion_on_the_corpus() {
+    let got = kernel_coefficients(&[], &conformance("events.jsonl"));
+    let want = lines(&conformance("expected-coefficients-kernel.txt"));
+    assert_same_lines(&got, &want, "kernel events.jsonl");
+    assert_eq!(got.iter().filter(|l| *l == "-").count(), 41);
+}
+
+#[test]
+fn kernel_profile_matches_on_document_and_pseudonym_cases() {
+    let got = kernel_coefficients(&[], &conformance("document-events.jsonl"));
+    assert_same_lines(&got, &lines(&conformance("document-expected-coefficients-kernel.txt")), "document");
+    let model = conformance("pseudonym/model.txt");
+    let got = kernel_coefficients(&["--pseudonyms", model.to_str().unwrap()], &conformance("pseudonym/events.jsonl"));
+    assert_same_lines(&got, &lines(&conformance("pseudonym/expected-coefficients-kernel.txt")), "with");
+    let got = kernel_coefficients(&[], &conformance("pseudonym/events.jsonl"));
+    assert_same_lines(
+        &got,
+        &lines(&conformance("pseudonym/expected-coefficients-kernel-without-pseudonyms.txt")),
+        "without",
+    );
+}
+
+#[test]
+fn kernel_profile_reproduces_a_real_tsem_kernel() {
+    let got = kernel_coefficients(&[], &real_kernel("trajectory.jsonl"));
+    let want = lines(&real_kernel("trajectory-coefficients.txt"));
+    assert_eq!(got.len(), 49);
+    assert_same_lines(&got, &want[..49], "real kernel trajectory");
+}

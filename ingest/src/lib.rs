@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod event_type;
+pub mod export;
 pub mod hex;
 pub mod lines;
 pub mod number;

@@ -1,0 +1,1 @@
+//! Kernel export file reader (being implemented).

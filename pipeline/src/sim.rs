@@ -1,0 +1,1 @@
+//! Kernel simulator (being implemented).
