@@ -8,7 +8,10 @@ use tsem_ingest::{Lines, Parser, Record};
 use tsem_model::{Mapper, Profile, Pseudonyms};
 
 fn corpus() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/events.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/conformance/events.jsonl"
+    );
     std::fs::read(path).expect("conformance corpus (../shared/conformance/events.jsonl)")
 }
 

@@ -10,15 +10,25 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// A fast external Trusted Modeling Agent (TMA) for Linux TSEM.
+///
+/// Without a subcommand it runs the pipeline (`run`); with no input at all it
+/// models a bundled example of real kernel records.
 #[derive(Parser)]
-#[command(name = "tsem-stream", version, about)]
+#[command(
+    name = "tsem-stream",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: cmd::run::RunArgs,
 }
 
 /// The mapping profile of the command line.
-#[derive(Clone, Copy, Debug, ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
 pub enum ProfileArg {
     /// Quixote v1.8 userspace mapping (Profile Q).
     #[default]
@@ -48,6 +58,29 @@ pub enum OnError {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the pipeline: events from a file, stdin, the kernel's export file or
+    /// the bundled example, into a model; verdicts to the kernel.
+    Run(cmd::run::RunArgs),
+    /// Free modeling over events; writes the model.
+    Learn(cmd::run::LearnArgs),
+    /// A sealed model over events: one verdict per event; exit 3 on violations.
+    Enforce(cmd::run::EnforceArgs),
+    /// Show a view of a store, a model file or modeled events.
+    Show(cmd::show::ShowArgs),
+    /// Sign a model (-k KEY -m MODEL), or generate a key (-G -k KEY).
+    Sign {
+        /// Generate a 2048-bit RSA key into KEY.
+        #[arg(short = 'G')]
+        generate: bool,
+        /// Private key file (PEM).
+        #[arg(short = 'k', value_name = "KEY")]
+        key: PathBuf,
+        /// Model to sign.
+        #[arg(short = 'm', value_name = "MODEL")]
+        model: Option<PathBuf>,
+    },
+    /// Simulate a TSEM kernel: serve events as export records, collect verdicts.
+    Sim(cmd::sim::SimArgs),
     /// Print the security state coefficient of each event line, in input order.
     Coefficients {
         /// Mapping profile.
@@ -82,16 +115,35 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Coefficients {
+        None => cmd::run::run(&cli.run),
+        Some(Command::Run(args)) => cmd::run::run(&args),
+        Some(Command::Learn(args)) => cmd::run::learn(&args),
+        Some(Command::Enforce(args)) => cmd::run::enforce(&args),
+        Some(Command::Show(args)) => cmd::show::show(&args),
+        Some(Command::Sign {
+            generate,
+            key,
+            model,
+        }) => cmd::sign::run(generate, &key, model.as_deref()),
+        Some(Command::Sim(args)) => cmd::sim::run(&args),
+        Some(Command::Coefficients {
             profile,
             pseudonyms,
             prefix,
             on_error,
             input,
-        } => cmd::coefficients::run(profile.into(), pseudonyms.as_deref(), prefix, on_error, &input),
-        Command::Pseudonym { file, events, paths } => {
-            cmd::pseudonym::run(file.as_deref(), events.as_deref(), &paths)
-        }
+        }) => cmd::coefficients::run(
+            profile.into(),
+            pseudonyms.as_deref(),
+            prefix,
+            on_error,
+            &input,
+        ),
+        Some(Command::Pseudonym {
+            file,
+            events,
+            paths,
+        }) => cmd::pseudonym::run(file.as_deref(), events.as_deref(), &paths),
     };
     match result {
         Ok(code) => code,

@@ -6,40 +6,73 @@ use common::*;
 
 fn coefficients(args: &[&str]) -> Vec<String> {
     let out = run(args);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout_lines(&out)
 }
 
 #[test]
 fn conformance_corpus_matches_quixote_line_for_line() {
-    let got = coefficients(&["coefficients", conformance("events.jsonl").to_str().unwrap()]);
-    assert_same_lines(&got, &lines(&conformance("expected-coefficients.txt")), "events.jsonl");
+    let got = coefficients(&[
+        "coefficients",
+        conformance("events.jsonl").to_str().unwrap(),
+    ]);
+    assert_same_lines(
+        &got,
+        &lines(&conformance("expected-coefficients.txt")),
+        "events.jsonl",
+    );
     assert_eq!(got.len(), 3000);
 }
 
 #[test]
 fn document_events_match_quixote() {
-    let got = coefficients(&["coefficients", conformance("document-events.jsonl").to_str().unwrap()]);
-    assert_same_lines(&got, &lines(&conformance("document-expected-coefficients.txt")), "document");
+    let got = coefficients(&[
+        "coefficients",
+        conformance("document-events.jsonl").to_str().unwrap(),
+    ]);
+    assert_same_lines(
+        &got,
+        &lines(&conformance("document-expected-coefficients.txt")),
+        "document",
+    );
 }
 
 #[test]
 fn pseudonym_case_matches_with_and_without_pseudonyms() {
     let events = conformance("pseudonym/events.jsonl");
     let model = conformance("pseudonym/model.txt");
-    let with = coefficients(&["coefficients", "--pseudonyms", model.to_str().unwrap(), events.to_str().unwrap()]);
-    assert_same_lines(&with, &lines(&conformance("pseudonym/expected-coefficients.txt")), "with");
+    let with = coefficients(&[
+        "coefficients",
+        "--pseudonyms",
+        model.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    assert_same_lines(
+        &with,
+        &lines(&conformance("pseudonym/expected-coefficients.txt")),
+        "with",
+    );
     let without = coefficients(&["coefficients", events.to_str().unwrap()]);
     assert_same_lines(
         &without,
-        &lines(&conformance("pseudonym/expected-coefficients-without-pseudonyms.txt")),
+        &lines(&conformance(
+            "pseudonym/expected-coefficients-without-pseudonyms.txt",
+        )),
         "without",
     );
 }
 
 #[test]
 fn prefix_flag_prints_model_state_lines() {
-    let got = coefficients(&["coefficients", "-p", conformance("document-events.jsonl").to_str().unwrap()]);
+    let got = coefficients(&[
+        "coefficients",
+        "-p",
+        conformance("document-events.jsonl").to_str().unwrap(),
+    ]);
     let want: Vec<String> = lines(&conformance("document-expected-coefficients.txt"))
         .into_iter()
         .map(|c| format!("state {c}"))
@@ -52,24 +85,54 @@ fn standard_input_is_read_when_no_file_is_given() {
     let data = std::fs::read(conformance("document-events.jsonl")).unwrap();
     let out = run_with_stdin(&["coefficients"], &data);
     assert!(out.status.success());
-    assert_same_lines(&stdout_lines(&out), &lines(&conformance("document-expected-coefficients.txt")), "stdin");
+    assert_same_lines(
+        &stdout_lines(&out),
+        &lines(&conformance("document-expected-coefficients.txt")),
+        "stdin",
+    );
 }
 
 /// Edge cases whose REJECT by Quixote documents its hand-written parser, not a
 /// rule of the data; tsem-stream accepts them, for the reason given.
 const ACCEPTED_REJECTS: &[(&str, &str)] = &[
-    ("reject-type-undefined", "unknown event names map with the generic rule (spec decisions)"),
-    ("reject-type-unknown", "unknown event names map with the generic rule (spec decisions)"),
-    ("reject-capeff-2^64-1", "numbers are proper u64 (issue 2); Quixote's strtoll overflows"),
-    ("reject-crlf", "a \\r before \\n is ignored (spec decisions)"),
-    ("reject-no-space", "a real JSON parser does not need Quixote's exact \": \" spacing"),
-    ("reject-unbalanced-brace", "braces inside strings are text for a real JSON parser"),
-    ("reject-trailing-backslash", "\\\\ is an escaped backslash for a real JSON parser"),
+    (
+        "reject-type-undefined",
+        "unknown event names map with the generic rule (spec decisions)",
+    ),
+    (
+        "reject-type-unknown",
+        "unknown event names map with the generic rule (spec decisions)",
+    ),
+    (
+        "reject-capeff-2^64-1",
+        "numbers are proper u64 (issue 2); Quixote's strtoll overflows",
+    ),
+    (
+        "reject-crlf",
+        "a \\r before \\n is ignored (spec decisions)",
+    ),
+    (
+        "reject-no-space",
+        "a real JSON parser does not need Quixote's exact \": \" spacing",
+    ),
+    (
+        "reject-unbalanced-brace",
+        "braces inside strings are text for a real JSON parser",
+    ),
+    (
+        "reject-trailing-backslash",
+        "\\\\ is an escaped backslash for a real JSON parser",
+    ),
 ];
 
 #[test]
 fn edge_cases_reproduce_every_coefficient_and_reject_or_document_the_rest() {
-    let out = run(&["coefficients", "--on-error", "skip", conformance("edge-cases/cases.jsonl").to_str().unwrap()]);
+    let out = run(&[
+        "coefficients",
+        "--on-error",
+        "skip",
+        conformance("edge-cases/cases.jsonl").to_str().unwrap(),
+    ]);
     let got = stdout_lines(&out);
     let expected = lines(&conformance("edge-cases/expected.tsv"));
     assert_eq!(got.len(), expected.len() - 1);
@@ -88,7 +151,10 @@ fn edge_cases_reproduce_every_coefficient_and_reject_or_document_the_rest() {
         }
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cases.jsonl:40: file_open: inode.mode"), "{stderr}");
+    assert!(
+        stderr.contains("cases.jsonl:40: file_open: inode.mode"),
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -130,9 +196,17 @@ fn empty_lines_crlf_and_a_final_line_without_newline_are_handled() {
 
 #[test]
 fn pseudonym_command_matches_generate_pseudonym() {
-    let out = run(&["pseudonym", "-f", conformance("pseudonym/paths.txt").to_str().unwrap()]);
+    let out = run(&[
+        "pseudonym",
+        "-f",
+        conformance("pseudonym/paths.txt").to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert_same_lines(&stdout_lines(&out), &lines(&conformance("pseudonym/model.txt")), "pseudonym -f");
+    assert_same_lines(
+        &stdout_lines(&out),
+        &lines(&conformance("pseudonym/model.txt")),
+        "pseudonym -f",
+    );
     let out = run(&["pseudonym", "/usr/bin/bash"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -142,11 +216,21 @@ fn pseudonym_command_matches_generate_pseudonym() {
 
 #[test]
 fn pseudonym_from_events_uses_file_pathnames() {
-    let out = run(&["pseudonym", "-T", conformance("document-events.jsonl").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "pseudonym",
+        "-T",
+        conformance("document-events.jsonl").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = stdout_lines(&out);
     assert!(!got.is_empty());
-    assert!(got.iter().all(|l| l.starts_with("pseudonym ") && l.len() == 74));
+    assert!(got
+        .iter()
+        .all(|l| l.starts_with("pseudonym ") && l.len() == 74));
 }
 
 fn kernel_coefficients(extra: &[&str], input: &std::path::Path) -> Vec<String> {
@@ -167,14 +251,27 @@ fn kernel_profile_matches_the_second_opinion_on_the_corpus() {
 #[test]
 fn kernel_profile_matches_on_document_and_pseudonym_cases() {
     let got = kernel_coefficients(&[], &conformance("document-events.jsonl"));
-    assert_same_lines(&got, &lines(&conformance("document-expected-coefficients-kernel.txt")), "document");
+    assert_same_lines(
+        &got,
+        &lines(&conformance("document-expected-coefficients-kernel.txt")),
+        "document",
+    );
     let model = conformance("pseudonym/model.txt");
-    let got = kernel_coefficients(&["--pseudonyms", model.to_str().unwrap()], &conformance("pseudonym/events.jsonl"));
-    assert_same_lines(&got, &lines(&conformance("pseudonym/expected-coefficients-kernel.txt")), "with");
+    let got = kernel_coefficients(
+        &["--pseudonyms", model.to_str().unwrap()],
+        &conformance("pseudonym/events.jsonl"),
+    );
+    assert_same_lines(
+        &got,
+        &lines(&conformance("pseudonym/expected-coefficients-kernel.txt")),
+        "with",
+    );
     let got = kernel_coefficients(&[], &conformance("pseudonym/events.jsonl"));
     assert_same_lines(
         &got,
-        &lines(&conformance("pseudonym/expected-coefficients-kernel-without-pseudonyms.txt")),
+        &lines(&conformance(
+            "pseudonym/expected-coefficients-kernel-without-pseudonyms.txt",
+        )),
         "without",
     );
 }

@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(decode_array::<2>(b"aBcD"), Ok([0xab, 0xcd]));
         assert_eq!(
             decode_array::<2>(b"abc"),
-            Err(HexError::Length { expected: 4, found: 3 })
+            Err(HexError::Length {
+                expected: 4,
+                found: 3
+            })
         );
         assert_eq!(decode_array::<1>(b"g0"), Err(HexError::Character(0)));
         assert_eq!(encode(&[0x01, 0xef]), "01ef");

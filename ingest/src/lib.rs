@@ -7,6 +7,7 @@
 
 pub mod event_type;
 pub mod export;
+pub mod follow;
 pub mod hex;
 pub mod lines;
 pub mod number;
@@ -16,5 +17,7 @@ pub mod source;
 pub use event_type::EventType;
 pub use lines::{LineReader, Lines};
 pub use number::{parse_c_integer, CInteger, NumberError};
+pub use record::{
+    EventView, ExportKind, Member, Obj, ParseError, Parser, Record, DEFAULT_MAX_RECORD_LEN,
+};
 pub use source::{LineSource, Oversized};
-pub use record::{EventView, ExportKind, Member, Obj, ParseError, Parser, Record, DEFAULT_MAX_RECORD_LEN};

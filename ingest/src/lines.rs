@@ -83,6 +83,16 @@ impl<R: Read> LineReader<R> {
         self.number
     }
 
+    /// True when a complete line is already buffered (the next call will not read).
+    pub fn has_buffered_line(&self) -> bool {
+        self.buf[self.start..self.end].contains(&b'\n')
+    }
+
+    /// The underlying stream (e.g. to poll its file descriptor).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// True once the underlying stream reported end of file.
     pub fn at_eof(&self) -> bool {
         self.eof && self.start == self.end
@@ -156,7 +166,15 @@ mod tests {
     #[test]
     fn lines_include_a_final_line_without_newline() {
         let v: Vec<_> = Lines::new(b"a\n\nb\r\nc").collect();
-        assert_eq!(v, vec![(1, &b"a"[..]), (2, &b""[..]), (3, &b"b\r"[..]), (4, &b"c"[..])]);
+        assert_eq!(
+            v,
+            vec![
+                (1, &b"a"[..]),
+                (2, &b""[..]),
+                (3, &b"b\r"[..]),
+                (4, &b"c"[..])
+            ]
+        );
         assert_eq!(Lines::new(b"a\n").count(), 1);
     }
 

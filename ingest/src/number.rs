@@ -114,6 +114,9 @@ mod tests {
         assert_eq!(parse_c_integer(b"-1").unwrap().wrapping_u64(), u64::MAX);
         assert_eq!(value("18446744073709551615"), (false, u64::MAX, true));
         assert_eq!(value("0xffffffffffffffff"), (false, u64::MAX, true));
-        assert_eq!(parse_c_integer(b"18446744073709551616"), Err(NumberError::Overflow));
+        assert_eq!(
+            parse_c_integer(b"18446744073709551616"),
+            Err(NumberError::Overflow)
+        );
     }
 }

@@ -236,7 +236,9 @@ impl Default for Parser {
 
 impl std::fmt::Debug for Parser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Parser").field("max_len", &self.max_len).finish()
+        f.debug_struct("Parser")
+            .field("max_len", &self.max_len)
+            .finish()
     }
 }
 
@@ -304,11 +306,11 @@ impl Parser {
         let len = self.input.len();
         self.input.resize(len + simd_json::INPUT_PADDING, 0);
         let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(|| Tape::null().reset());
-        let result = match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape)
-        {
-            Ok(()) => classify(tape.as_value()).map(f),
-            Err(e) => Err(ParseError::Json(e.to_string())),
-        };
+        let result =
+            match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
+                Ok(()) => classify(tape.as_value()).map(f),
+                Err(e) => Err(ParseError::Json(e.to_string())),
+            };
         self.tape = Some(tape.reset());
         result
     }
@@ -322,18 +324,29 @@ fn classify<'a>(root: Value<'a, 'a>) -> Result<Record<'a>, ParseError> {
     let export = match root.obj("export")? {
         None => None,
         Some(wrapper) => {
-            let name = wrapper.str("type")?.ok_or(ParseError::Missing("export.type"))?;
-            Some(ExportKind::from_name(name).ok_or_else(|| ParseError::UnknownExportType(name.to_owned()))?)
+            let name = wrapper
+                .str("type")?
+                .ok_or(ParseError::Missing("export.type"))?;
+            Some(
+                ExportKind::from_name(name)
+                    .ok_or_else(|| ParseError::UnknownExportType(name.to_owned()))?,
+            )
         }
     };
     match export {
         Some(ExportKind::Aggregate) => {
-            let agg = root.obj("aggregate")?.ok_or(ParseError::Missing("aggregate{}"))?;
-            let value = agg.str("value")?.ok_or(ParseError::Missing("aggregate.value"))?;
+            let agg = root
+                .obj("aggregate")?
+                .ok_or(ParseError::Missing("aggregate{}"))?;
+            let value = agg
+                .str("value")?
+                .ok_or(ParseError::Missing("aggregate.value"))?;
             return Ok(Record::Aggregate { value });
         }
         Some(ExportKind::Log) if root.get("event").is_none() => {
-            let log = root.obj("log")?.ok_or(ParseError::Missing("log{} or event{}"))?;
+            let log = root
+                .obj("log")?
+                .ok_or(ParseError::Missing("log{} or event{}"))?;
             let field = |k: &'static str| -> Result<&'a str, ParseError> {
                 log.str(k)?.ok_or(ParseError::Missing(k))
             };
@@ -346,8 +359,12 @@ fn classify<'a>(root: Value<'a, 'a>) -> Result<Record<'a>, ParseError> {
         _ => {}
     }
     let header = root.obj("event")?.ok_or(ParseError::Missing("event{}"))?;
-    let type_name = header.str("type")?.ok_or(ParseError::Missing("event.type"))?;
-    let task_id = header.str("task_id")?.ok_or(ParseError::Missing("event.task_id"))?;
+    let type_name = header
+        .str("type")?
+        .ok_or(ParseError::Missing("event.type"))?;
+    let task_id = header
+        .str("task_id")?
+        .ok_or(ParseError::Missing("event.task_id"))?;
     let coe = root.obj("COE")?.ok_or(ParseError::Missing("COE{}"))?;
     let cell = match root.get(type_name) {
         Some(Member::Obj(o)) => Some(o),
@@ -414,11 +431,20 @@ mod tests {
     fn aggregate_and_v3_log_records_are_recognised() {
         let mut p = Parser::default();
         let agg = br#"{"export": {"type": "aggregate"}, "aggregate": {"value": "00ff"}}"#;
-        p.parse(agg, |r| assert!(matches!(r, Record::Aggregate { value: "00ff" })))
-            .unwrap();
+        p.parse(agg, |r| {
+            assert!(matches!(r, Record::Aggregate { value: "00ff" }))
+        })
+        .unwrap();
         let log = br#"{"export": {"type": "log"}, "log": {"process": "cat", "event": "file_open", "action": "DENY"}}"#;
         p.parse(log, |r| {
-            assert!(matches!(r, Record::LogNotice { process: "cat", event: "file_open", action: "DENY" }))
+            assert!(matches!(
+                r,
+                Record::LogNotice {
+                    process: "cat",
+                    event: "file_open",
+                    action: "DENY"
+                }
+            ))
         })
         .unwrap();
     }
@@ -452,7 +478,10 @@ mod tests {
         assert!(matches!(err(&mut p, "{\"a\": }"), ParseError::Json(_)));
         assert_eq!(err(&mut p, "[1]"), ParseError::NotAnObject);
         assert_eq!(err(&mut p, "{}"), ParseError::Missing("event{}"));
-        assert!(matches!(err(&mut p, &"x".repeat(65)), ParseError::TooLong { len: 65, max: 64 }));
+        assert!(matches!(
+            err(&mut p, &"x".repeat(65)),
+            ParseError::TooLong { len: 65, max: 64 }
+        ));
         assert_eq!(
             err(&mut p, r#"{"export": {"type": "x"}}"#),
             ParseError::UnknownExportType("x".into())
@@ -466,7 +495,9 @@ mod tests {
     fn the_parser_is_reusable_after_an_error() {
         let mut p = Parser::default();
         assert!(p.parse(b"{", |_| ()).is_err());
-        p.parse(SAMPLE.as_bytes(), |r| assert!(matches!(r, Record::Event(_))))
-            .unwrap();
+        p.parse(SAMPLE.as_bytes(), |r| {
+            assert!(matches!(r, Record::Event(_)))
+        })
+        .unwrap();
     }
 }

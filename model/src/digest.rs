@@ -142,8 +142,13 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
-        let d: Digest = "15fd0d120af29e1b9ec0c8fe73a06c7a4bf5a059437c0996e20880a9d804bd0d".parse().unwrap();
-        assert_eq!(d.to_string(), "15fd0d120af29e1b9ec0c8fe73a06c7a4bf5a059437c0996e20880a9d804bd0d");
+        let d: Digest = "15fd0d120af29e1b9ec0c8fe73a06c7a4bf5a059437c0996e20880a9d804bd0d"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d.to_string(),
+            "15fd0d120af29e1b9ec0c8fe73a06c7a4bf5a059437c0996e20880a9d804bd0d"
+        );
         assert!("abc".parse::<Digest>().is_err());
     }
 }

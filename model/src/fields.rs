@@ -99,10 +99,12 @@ impl<'a> Fields<'a> {
     /// late), so Profile Q does too; the kernel hashes an empty value as nothing
     /// (e.g. the `""` address of an abstract AF_UNIX socket).
     pub(crate) fn opt_text(&self, key: &str) -> Result<Option<&'a [u8]>, MapError> {
-        Ok(self.opt_str(key)?.map(|s| match (s.is_empty(), self.profile) {
-            (true, Profile::Quixote) => &b"\""[..],
-            _ => s.as_bytes(),
-        }))
+        Ok(self
+            .opt_str(key)?
+            .map(|s| match (s.is_empty(), self.profile) {
+                (true, Profile::Quixote) => &b"\""[..],
+                _ => s.as_bytes(),
+            }))
     }
 
     fn number(&self, key: &str, bits: u32) -> Result<u64, MapError> {
@@ -110,7 +112,11 @@ impl<'a> Fields<'a> {
         let n = parse_c_integer(text.as_bytes()).map_err(|e: NumberError| {
             MapError::invalid(self.at, key, format_args!("{text:?}: {e}"))
         })?;
-        let max = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let max = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
         match self.profile {
             // Quixote: strtoll, then the signed result compared as unsigned
             // against the field maximum (negative values fail for u16/u32);
@@ -130,11 +136,19 @@ impl<'a> Fields<'a> {
             // wrap to the field width (a `%d` printed into an unsigned field).
             Profile::Kernel => {
                 if !n.complete {
-                    return Err(MapError::invalid(self.at, key, format_args!("{text:?} is not a number")));
+                    return Err(MapError::invalid(
+                        self.at,
+                        key,
+                        format_args!("{text:?} is not a number"),
+                    ));
                 }
                 let v = if n.negative {
                     if bits < 64 && n.magnitude > (1u64 << bits) {
-                        return Err(MapError::invalid(self.at, key, format_args!("{text:?} is out of range")));
+                        return Err(MapError::invalid(
+                            self.at,
+                            key,
+                            format_args!("{text:?} is out of range"),
+                        ));
                     }
                     n.magnitude.wrapping_neg() & max
                 } else {

@@ -88,7 +88,10 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
     let mut key = None;
     let mut ended = false;
     let mut signed_upto = None;
-    let all: Vec<&str> = text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let all: Vec<&str> = text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     for (i, line) in all.iter().enumerate() {
         let n = i + 1;
         let bad = |problem: String| ModelFileError::Line { line: n, problem };
@@ -100,7 +103,10 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
         }
         let (word, value) = line.split_once(' ').unwrap_or((line, ""));
         let digest = || -> Result<Digest, ModelFileError> {
-            value.trim().parse::<Digest>().map_err(|e| bad(e.to_string()))
+            value
+                .trim()
+                .parse::<Digest>()
+                .map_err(|e| bad(e.to_string()))
         };
         if ended && word != "signature" && !line.is_empty() {
             return Err(bad("only a signature may follow end".into()));
@@ -110,7 +116,9 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
             "" if line.is_empty() => {}
             "key" => {
                 if i != 0 {
-                    return Err(bad("the key must be the first line (it starts the signed data)".into()));
+                    return Err(bad(
+                        "the key must be the first line (it starts the signed data)".into(),
+                    ));
                 }
                 key = Some(
                     signature::public_key_from_line_value(value)
@@ -122,7 +130,8 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
                     return Err(bad("signature without a key line".into()));
                 };
                 let data = signature::signed_data(all[..i].iter().copied());
-                signature::verify(k, &data, value).map_err(|error| ModelFileError::Signature { line: n, error })?;
+                signature::verify(k, &data, value)
+                    .map_err(|error| ModelFileError::Signature { line: n, error })?;
                 report.signed = true;
                 signed_upto = Some(i);
             }
@@ -131,7 +140,9 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
                 model.set_aggregate(digest()?);
             }
             "state" => {
-                model.load_point(digest()?).map_err(|e: ModelError| bad(e.to_string()))?;
+                model
+                    .load_point(digest()?)
+                    .map_err(|e: ModelError| bad(e.to_string()))?;
                 report.states += 1;
             }
             "pseudonym" => {
@@ -166,7 +177,11 @@ pub fn write(model: &Model, include_forensics: bool) -> String {
     if model.base() != Digest::ZERO {
         let _ = writeln!(out, "base {}", model.base());
     }
-    let _ = writeln!(out, "aggregate {}", model.aggregate().unwrap_or(Digest::ZERO));
+    let _ = writeln!(
+        out,
+        "aggregate {}",
+        model.aggregate().unwrap_or(Digest::ZERO)
+    );
     for p in model.pseudonyms().iter() {
         let _ = writeln!(out, "pseudonym {p}");
     }
@@ -204,7 +219,10 @@ mod tests {
         let mut m = Model::new(Profile::Quixote);
         let report = load(&text, &mut m).unwrap();
         assert!(report.sealed && !report.signed);
-        assert!(!m.set_aggregate(d(AGG)), "a sealed model ignores the kernel's aggregate");
+        assert!(
+            !m.set_aggregate(d(AGG)),
+            "a sealed model ignores the kernel's aggregate"
+        );
         assert_eq!(
             m.host_aggregate().unwrap().to_hex(),
             "f27249ada93f17283ed8a165120dd4c5dede54489e966c0e5edd1a8edf4f3968"
@@ -212,8 +230,14 @@ mod tests {
         assert!(!m.update(d(V5), b"v5").violation);
         assert!(m.update(d(PRCTL), b"prctl").violation);
         assert!(m.update(d(PRCTL), b"prctl").violation);
-        assert_eq!(m.measurement().to_hex(), "f0acdc6aa8e2e6785c037fc452896f30a81a6eca4b762e3945768f1759dd888b");
-        assert_eq!(m.state().to_hex(), "6440d2fc63864b375b424e78bfa03ec76a66fa627b259c0e048e1567cc152af2");
+        assert_eq!(
+            m.measurement().to_hex(),
+            "f0acdc6aa8e2e6785c037fc452896f30a81a6eca4b762e3945768f1759dd888b"
+        );
+        assert_eq!(
+            m.state().to_hex(),
+            "6440d2fc63864b375b424e78bfa03ec76a66fa627b259c0e048e1567cc152af2"
+        );
         let counts: Vec<(u64, bool)> = m.points().iter().map(|p| (p.count, p.valid)).collect();
         assert_eq!(counts, vec![(1, true), (0, true), (2, false)]);
         let updated = write(&m, true);
@@ -239,7 +263,10 @@ mod tests {
     fn loading_under_another_profile_is_an_error() {
         let text = write(&Model::new(Profile::Kernel), false);
         let err = load(&text, &mut Model::new(Profile::Quixote)).unwrap_err();
-        assert!(matches!(err, ModelFileError::ProfileMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, ModelFileError::ProfileMismatch { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -249,8 +276,15 @@ mod tests {
         assert!(matches!(err, ModelFileError::Line { line: 1, .. }), "{err}");
         let err = load("bogus\nend\n", &mut Model::new(Profile::Quixote)).unwrap_err();
         assert!(err.to_string().contains("not a model directive"));
-        assert_eq!(load("seal\n", &mut Model::new(Profile::Quixote)), Err(ModelFileError::NoEnd));
-        let err = load(&format!("seal\nstate {V5}\nend\n"), &mut Model::new(Profile::Quixote)).unwrap_err();
+        assert_eq!(
+            load("seal\n", &mut Model::new(Profile::Quixote)),
+            Err(ModelFileError::NoEnd)
+        );
+        let err = load(
+            &format!("seal\nstate {V5}\nend\n"),
+            &mut Model::new(Profile::Quixote),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("sealed"), "{err}");
     }
 
@@ -265,7 +299,16 @@ mod tests {
 
         let tampered = signed.replace(V5, V4);
         let err = load(&tampered, &mut Model::new(Profile::Quixote)).unwrap_err();
-        assert!(matches!(err, ModelFileError::Signature { error: SignatureError::Mismatch, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ModelFileError::Signature {
+                    error: SignatureError::Mismatch,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let other = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
         let resigned = signature::sign_model(&model, &other).unwrap();
@@ -275,7 +318,14 @@ mod tests {
         let bad = lines.join("\n") + "\n";
         assert!(load(&bad, &mut Model::new(Profile::Quixote)).is_err());
 
-        let unsigned: String = signed.lines().filter(|l| !l.starts_with("signature")).map(|l| format!("{l}\n")).collect();
-        assert_eq!(load(&unsigned, &mut Model::new(Profile::Quixote)), Err(ModelFileError::Unsigned));
+        let unsigned: String = signed
+            .lines()
+            .filter(|l| !l.starts_with("signature"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            load(&unsigned, &mut Model::new(Profile::Quixote)),
+            Err(ModelFileError::Unsigned)
+        );
     }
 }

@@ -192,7 +192,10 @@ impl Pseudonyms {
         let mut set = Pseudonyms::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
-            let err = |problem: String| PseudonymFileError { line: i + 1, problem };
+            let err = |problem: String| PseudonymFileError {
+                line: i + 1,
+                problem,
+            };
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             match word {
                 "pseudonym" => {
@@ -202,7 +205,8 @@ impl Pseudonyms {
                         .map_err(|e| err(e.to_string()))?;
                     set.insert(value);
                 }
-                "" | "#" | "key" | "base" | "aggregate" | "state" | "seal" | "signature" | "end" => {}
+                "" | "#" | "key" | "base" | "aggregate" | "state" | "seal" | "signature"
+                | "end" => {}
                 _ if word.starts_with('#') => {}
                 _ => return Err(err(format!("unexpected line {line:?}"))),
             }

@@ -104,17 +104,20 @@ fn file(p: &mut Preimage, f: &Fields<'_>, pseudonyms: &Pseudonyms) -> Result<(),
 
 /// Hashes a pathname, or for a file created inside the namespace (`instance`
 /// > 0) its directory prefix, the instance and the owner TASK_ID.
-pub(crate) fn created_or_plain(p: &mut Preimage, path: &Fields<'_>, pathname: &[u8]) -> Result<(), MapError> {
+pub(crate) fn created_or_plain(
+    p: &mut Preimage,
+    path: &Fields<'_>,
+    pathname: &[u8],
+) -> Result<(), MapError> {
     let instance = path.opt_u64("instance")?.unwrap_or(0);
     if instance == 0 {
         p.lstr(pathname);
         return Ok(());
     }
     let owner = path.digest::<32>("owner")?;
-    let slash = pathname
-        .iter()
-        .rposition(|&b| b == b'/')
-        .ok_or_else(|| MapError::invalid("path", "pathname", "a created file's pathname has no '/'"))?;
+    let slash = pathname.iter().rposition(|&b| b == b'/').ok_or_else(|| {
+        MapError::invalid("path", "pathname", "a created file's pathname has no '/'")
+    })?;
     p.lstr(&pathname[..=slash]).u64(instance).raw(&owner);
     Ok(())
 }
@@ -144,7 +147,11 @@ fn socket_address(p: &mut Preimage, b: &Fields<'_>, accept: bool) -> Result<(), 
         1 => {
             let path = addr.obj("af_unix")?.text("address")?;
             if path.len() > 108 {
-                return Err(MapError::invalid("af_unix", "address", "longer than 108 bytes"));
+                return Err(MapError::invalid(
+                    "af_unix",
+                    "address",
+                    "longer than 108 bytes",
+                ));
             }
             p.raw(path);
         }

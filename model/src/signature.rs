@@ -54,7 +54,8 @@ pub fn verify(key: &RsaPublicKey, data: &[u8], signature_b64: &str) -> Result<()
     let raw = BASE64
         .decode(signature_b64.trim())
         .map_err(|e| SignatureError::BadEncoding(e.to_string()))?;
-    let sig = Signature::try_from(raw.as_slice()).map_err(|e| SignatureError::BadEncoding(e.to_string()))?;
+    let sig = Signature::try_from(raw.as_slice())
+        .map_err(|e| SignatureError::BadEncoding(e.to_string()))?;
     VerifyingKey::<Sha256>::new(key.clone())
         .verify(data, &sig)
         .map_err(|_| SignatureError::Mismatch)
@@ -69,7 +70,8 @@ pub fn private_key_from_pem(pem: &str) -> Result<RsaPrivateKey, SignatureError> 
 
 /// Generates a 2048-bit RSA key (e = 65537) as PKCS#1 PEM, like `sign-model -G`.
 pub fn generate_private_key_pem() -> Result<String, SignatureError> {
-    let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| SignatureError::Signing(e.to_string()))?;
+    let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+        .map_err(|e| SignatureError::Signing(e.to_string()))?;
     key.to_pkcs1_pem(LineEnding::LF)
         .map(|p| p.to_string())
         .map_err(|e| SignatureError::Signing(e.to_string()))

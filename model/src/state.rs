@@ -170,7 +170,9 @@ impl Model {
         let start = self
             .host_aggregate
             .unwrap_or_else(|| extend(&Digest::ZERO, &self.base, &Digest::ZERO));
-        sorted.into_iter().fold(start, |s, c| extend(&s, &self.base, c))
+        sorted
+            .into_iter()
+            .fold(start, |s, c| extend(&s, &self.base, c))
     }
 
     /// True once the model is sealed: new coefficients become forensics.
@@ -181,6 +183,12 @@ impl Model {
     /// Seals the model.
     pub fn seal(&mut self) {
         self.sealed = true;
+    }
+
+    /// Unseals the model (to go on learning from a loaded model).
+    pub fn unseal(&mut self) {
+        self.sealed = false;
+        self.enforcing = false;
     }
 
     /// True when violations are to be enforced (the orchestrator's `-e`).
@@ -314,7 +322,11 @@ impl Model {
         events: u64,
         violations: u64,
     ) -> Model {
-        let index = points.iter().enumerate().map(|(i, p)| (p.coefficient, i)).collect();
+        let index = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.coefficient, i))
+            .collect();
         Model {
             profile,
             pseudonyms: Pseudonyms::new(),

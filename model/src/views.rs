@@ -57,7 +57,9 @@ impl View {
             View::Trajectory => Some(format!("Trajectory size: {valid}")),
             View::Coefficients | View::Counts => Some(format!("List size: {valid}")),
             View::Forensics => Some(format!("Forensics size: {invalid}")),
-            View::ForensicsCoefficients | View::ForensicsCounts => Some(format!("List size: {invalid}")),
+            View::ForensicsCoefficients | View::ForensicsCounts => {
+                Some(format!("List size: {invalid}"))
+            }
             View::State | View::Measurement | View::Model { .. } => None,
         }
     }

@@ -13,7 +13,10 @@ fn exercise(parser: &mut Parser, line: &[u8]) -> Vec<String> {
     for profile in [Profile::Quixote, Profile::Kernel] {
         let mapper = Mapper::new(profile, Pseudonyms::new());
         match parser.parse(line, |r| match r {
-            Record::Event(v) => mapper.coefficient(&v).map(|_| ()).map_err(|e| e.to_string()),
+            Record::Event(v) => mapper
+                .coefficient(&v)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             _ => Ok(()),
         }) {
             Ok(Ok(())) => {}
@@ -80,7 +83,11 @@ fn deep_nesting_is_a_clear_error() {
     let line = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let errors = exercise(&mut Parser::default(), line.as_bytes());
     assert_eq!(errors.len(), 2);
-    let line = format!("{{\"a\": {}1{}}}", "{\"b\": ".repeat(5000), "}".repeat(5000));
+    let line = format!(
+        "{{\"a\": {}1{}}}",
+        "{\"b\": ".repeat(5000),
+        "}".repeat(5000)
+    );
     assert_eq!(exercise(&mut Parser::default(), line.as_bytes()).len(), 2);
 }
 
@@ -96,7 +103,9 @@ fn lines_over_64_kib_parse_or_fail_cleanly() {
 
 #[test]
 fn invalid_utf8_is_a_clear_error() {
-    let line = SAMPLE.replace("/usr/bin/bash", "/usr/bin/\u{1}").into_bytes();
+    let line = SAMPLE
+        .replace("/usr/bin/bash", "/usr/bin/\u{1}")
+        .into_bytes();
     let mut bad = line.clone();
     let pos = line.iter().position(|&b| b == 1).unwrap();
     bad[pos] = 0xff;

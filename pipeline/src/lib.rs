@@ -1,4 +1,18 @@
-//! The staged pipeline (reader, workers, sequencer, verdicts) and a kernel simulator.
+//! The staged pipeline of tsem-stream (reader -> workers -> in-order
+//! sequencer -> model/store, with verdicts to the kernel) and a kernel simulator.
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod sim;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod verdict;
+
+pub use engine::{
+    run, ErrorPolicy, Mapped, NoObserver, Observer, PipelineError, PipelineOptions, VerdictPolicy,
+};
+pub use sink::ModelSink;
+pub use source::{Fetch, RecordSource};
+pub use stats::Stats;
+pub use verdict::{ControlProtocol, Task, VerdictWriter};

@@ -38,10 +38,14 @@ pub fn run(
                         if view.event_type.is_none() {
                             unknown += 1;
                         }
-                        mapper.coefficient(&view).map_err(|e| format!("{}: {e}", view.type_name))
+                        mapper
+                            .coefficient(&view)
+                            .map_err(|e| format!("{}: {e}", view.type_name))
                     }
                     Record::Aggregate { .. } => Err("aggregate record: no coefficient".to_owned()),
-                    Record::LogNotice { .. } => Err("log record without an event description".to_owned()),
+                    Record::LogNotice { .. } => {
+                        Err("log record without an event description".to_owned())
+                    }
                 })
                 .map_err(|e| e.to_string())
                 .and_then(|r| r),
@@ -51,7 +55,9 @@ pub fn run(
                 let mut hex = [0u8; 64];
                 c.write_hex(&mut hex);
                 let p: &[u8] = if prefix { b"state " } else { b"" };
-                out.write_all(p).and_then(|()| out.write_all(&hex)).and_then(|()| out.write_all(b"\n"))
+                out.write_all(p)
+                    .and_then(|()| out.write_all(&hex))
+                    .and_then(|()| out.write_all(b"\n"))
             }
             Err(msg) => {
                 bad += 1;
@@ -82,5 +88,9 @@ pub fn run(
     if unknown > 0 {
         eprintln!("{name}: {unknown} event(s) with names outside the TSEM table were mapped with the generic rule");
     }
-    Ok(if bad > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if bad > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,7 +1,12 @@
 //! One module per subcommand; shared helpers for inputs and errors.
 
 pub mod coefficients;
+pub mod modeling;
 pub mod pseudonym;
+pub mod run;
+pub mod show;
+pub mod sign;
+pub mod sim;
 
 use std::path::Path;
 
@@ -20,7 +25,8 @@ pub fn display_name(path: &Path) -> String {
 
 /// Opens an input file (or `-` for stdin) for line reading.
 pub fn open_lines(path: &Path) -> anyhow::Result<LineSource> {
-    LineSource::open(path, DEFAULT_MAX_RECORD_LEN).with_context(|| format!("cannot open {}", display_name(path)))
+    LineSource::open(path, DEFAULT_MAX_RECORD_LEN)
+        .with_context(|| format!("cannot open {}", display_name(path)))
 }
 
 /// Loads a pseudonym list (or the pseudonym lines of a model file).
@@ -28,6 +34,28 @@ pub fn load_pseudonyms(path: Option<&Path>) -> anyhow::Result<Pseudonyms> {
     let Some(path) = path else {
         return Ok(Pseudonyms::new());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Pseudonyms::from_text(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The kernel's export file `external_tma/<id>` as a pipeline source (one
+/// record per read, ENODATA + poll when empty; a FIFO of a simulator works too).
+pub fn export_source(path: &Path) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+    let reader = tsem_ingest::export::ExportReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(tsem_pipeline::source::TimedSource::new(
+        reader,
+        path.display().to_string(),
+    )))
+}
+
+/// A growing file followed like `tail -f`.
+pub fn follow_source(path: &Path) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+    let reader = tsem_ingest::follow::FollowReader::open(path, DEFAULT_MAX_RECORD_LEN)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(tsem_pipeline::source::TimedSource::new(
+        reader,
+        path.display().to_string(),
+    )))
 }

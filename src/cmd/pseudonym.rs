@@ -12,14 +12,19 @@ use tsem_model::pseudonym_of;
 use super::{display_name, open_lines};
 
 /// Runs the command.
-pub fn run(file: Option<&Path>, events: Option<&Path>, paths: &[String]) -> anyhow::Result<ExitCode> {
+pub fn run(
+    file: Option<&Path>,
+    events: Option<&Path>,
+    paths: &[String],
+) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::new(io::stdout().lock());
     let mut emit = |path: &[u8]| writeln!(out, "pseudonym {}", pseudonym_of(path));
     for p in paths {
         emit(p.as_bytes())?;
     }
     if let Some(file) = file {
-        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         for line in text.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if !line.is_empty() {
@@ -74,9 +79,15 @@ pub fn run(file: Option<&Path>, events: Option<&Path>, paths: &[String]) -> anyh
 /// `<type>.file.path.pathname` of an event, if it has one (unescaped, with the
 /// empty-string rule of the mapping).
 fn pathname<'a>(view: &tsem_ingest::EventView<'a>) -> Result<Option<&'a str>, String> {
-    let Some(cell) = view.cell else { return Ok(None) };
-    let Some(Member::Obj(file)) = cell.get("file") else { return Ok(None) };
-    let Some(Member::Obj(path)) = file.get("path") else { return Ok(None) };
+    let Some(cell) = view.cell else {
+        return Ok(None);
+    };
+    let Some(Member::Obj(file)) = cell.get("file") else {
+        return Ok(None);
+    };
+    let Some(Member::Obj(path)) = file.get("path") else {
+        return Ok(None);
+    };
     match path.get("pathname") {
         Some(Member::Str("")) => Ok(Some("\"")),
         Some(Member::Str(s)) => Ok(Some(s)),

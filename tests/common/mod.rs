@@ -6,17 +6,23 @@ use std::process::{Command, Output, Stdio};
 
 /// `../shared/conformance` relative to the repository root.
 pub fn conformance(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/conformance")
+        .join(rel)
 }
 
 /// `../shared/real-kernel` relative to the repository root.
 pub fn real_kernel(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/real-kernel").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/real-kernel")
+        .join(rel)
 }
 
 /// A fixture under `tests/data`.
 pub fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// The built `tsem-stream` binary.
@@ -26,7 +32,11 @@ pub fn bin() -> Command {
 
 /// Runs the binary with `args` and returns its output.
 pub fn run(args: &[&str]) -> Output {
-    bin().args(args).stdin(Stdio::null()).output().expect("run tsem-stream")
+    bin()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tsem-stream")
 }
 
 /// Runs the binary with `stdin` as standard input.
@@ -58,7 +68,10 @@ pub fn lines(path: &PathBuf) -> Vec<String> {
 
 /// Stdout as lines.
 pub fn stdout_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Asserts two line lists are equal, reporting the first difference by line number.

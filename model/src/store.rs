@@ -1,1 +1,0 @@
-//! The memory-mapped model store (skeleton: being implemented).

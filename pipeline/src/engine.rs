@@ -1,0 +1,631 @@
+//! The staged pipeline: a reader thread fills batches (reused arenas) ->
+//! bounded crossbeam channel -> rayon workers parse and map each line (and
+//! answer synchronous events at once) -> an in-order sequencer applies the
+//! results to the model and the store in batches.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use tsem_ingest::{EventType, ExportKind, Parser, Record, DEFAULT_MAX_RECORD_LEN};
+use tsem_model::{Coefficient, Digest, Mapper, Outcome};
+
+use crate::sink::ModelSink;
+use crate::source::{Fetch, RecordSource};
+use crate::stats::{Stats, WorkerStats};
+use crate::verdict::{Task, VerdictWriter};
+
+/// What to do with a line that cannot be parsed or mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Stop at the first bad line (in input order).
+    #[default]
+    Stop,
+    /// Count it, report it, and go on.
+    Skip,
+}
+
+/// Tuning of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Worker threads that parse and map (at least 1).
+    pub workers: usize,
+    /// Most lines in one batch.
+    pub batch_lines: usize,
+    /// Most bytes in one batch.
+    pub batch_bytes: usize,
+    /// Batches in flight between reader and workers.
+    pub queue_depth: usize,
+    /// Bad-line policy.
+    pub on_error: ErrorPolicy,
+    /// Longest accepted record.
+    pub max_record_len: usize,
+    /// Longest time between two store commits while events keep coming.
+    pub commit_interval: Duration,
+    /// Print a stats line to stderr this often.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            workers: 1,
+            batch_lines: 256,
+            batch_bytes: 256 * 1024,
+            queue_depth: 8,
+            on_error: ErrorPolicy::Stop,
+            max_record_len: DEFAULT_MAX_RECORD_LEN,
+            commit_interval: Duration::from_millis(50),
+            stats_interval: None,
+        }
+    }
+}
+
+/// The result of parsing and mapping one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mapped {
+    /// An empty line (not a record).
+    Blank,
+    /// A hardware aggregate record.
+    Aggregate(Digest),
+    /// A security event with its coefficient.
+    Event {
+        /// The coefficient.
+        coefficient: Coefficient,
+        /// Export kind (`None` for a trajectory line).
+        kind: Option<ExportKind>,
+        /// The task, when the record names one.
+        task: Option<Task>,
+        /// The known event type (`None`: generic mapping of an unknown name).
+        event_type: Option<EventType>,
+    },
+    /// A v3 `log{}` notice (nothing to model).
+    LogNotice,
+    /// The line could not be used.
+    Error {
+        /// What is wrong.
+        message: String,
+        /// Export kind, if it got that far.
+        kind: Option<ExportKind>,
+        /// The task, if it got that far.
+        task: Option<Task>,
+    },
+}
+
+/// Decides the verdicts workers write: a snapshot of what they need of the model.
+#[derive(Debug, Default)]
+pub struct VerdictPolicy {
+    /// Sealed model: only coefficients in `valid` are trusted.
+    pub sealed: bool,
+    /// `-e`: violations of asynchronous events are also reported.
+    pub enforcing: bool,
+    /// Valid points of the sealed model.
+    pub valid: std::collections::HashSet<Coefficient>,
+}
+
+impl VerdictPolicy {
+    /// Trusted or not, for a mapped coefficient.
+    ///
+    /// Why a worker may answer before the sequencer applies the event: in a
+    /// sealed model the set of *valid* points never changes (new points are
+    /// added as invalid forensics), and an event is trusted exactly when its
+    /// coefficient is a valid point. So the answer from this frozen set equals
+    /// the sequencer's answer for every interleaving. While learning, every
+    /// event is trusted whatever the model holds.
+    pub fn trusted(&self, coefficient: &Coefficient) -> bool {
+        !self.sealed || self.valid.contains(coefficient)
+    }
+}
+
+/// Called by the sequencer for every line, in input order.
+pub trait Observer {
+    /// One line and what became of it; `outcome` is the model's result for events.
+    fn line(
+        &mut self,
+        source: &str,
+        number: u64,
+        bytes: &[u8],
+        mapped: &Mapped,
+        outcome: Option<&Outcome>,
+    ) -> io::Result<()>;
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn line(
+        &mut self,
+        _: &str,
+        _: u64,
+        _: &[u8],
+        _: &Mapped,
+        _: Option<&Outcome>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why the pipeline stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading the input failed.
+    #[error("{source_name}: read error: {error}")]
+    Read {
+        /// Source name.
+        source_name: String,
+        /// The error.
+        error: io::Error,
+    },
+    /// A bad line under [`ErrorPolicy::Stop`].
+    #[error("{source_name}:{line}: {message}")]
+    BadLine {
+        /// Source name.
+        source_name: String,
+        /// Line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The observer failed (e.g. stdout closed).
+    #[error("output: {0}")]
+    Output(io::Error),
+}
+
+struct LineRef {
+    number: u64,
+    start: u32,
+    len: u32,
+    oversized: usize,
+}
+
+struct Batch {
+    seq: u64,
+    data: Vec<u8>,
+    lines: Vec<LineRef>,
+    results: Vec<Mapped>,
+    read_at: Instant,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            seq: 0,
+            data: Vec::new(),
+            lines: Vec::new(),
+            results: Vec::new(),
+            read_at: Instant::now(),
+        }
+    }
+    fn clear(&mut self) {
+        self.data.clear();
+        self.lines.clear();
+        self.results.clear();
+    }
+    fn line(&self, l: &LineRef) -> &[u8] {
+        &self.data[l.start as usize..(l.start + l.len) as usize]
+    }
+}
+
+/// Shared state of one run.
+struct Shared {
+    stop: AtomicBool,
+    stalls: AtomicU64,
+    max_queue: AtomicU64,
+    unanswerable: AtomicU64,
+    verdict_errors: AtomicU64,
+}
+
+/// Runs the pipeline over `source` until it ends (or a stop condition), applying
+/// every record to `sink` in input order; returns the run's statistics.
+pub fn run(
+    source: Box<dyn RecordSource>,
+    mapper: Arc<Mapper>,
+    sink: &mut ModelSink,
+    verdicts: Option<Arc<VerdictWriter>>,
+    options: &PipelineOptions,
+    observer: &mut dyn Observer,
+) -> Result<Stats, PipelineError> {
+    let workers = options.workers.max(1);
+    let source_name = source.name().to_owned();
+    let policy = Arc::new(RwLock::new(Arc::new(sink.verdict_policy())));
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        stalls: AtomicU64::new(0),
+        max_queue: AtomicU64::new(0),
+        unanswerable: AtomicU64::new(0),
+        verdict_errors: AtomicU64::new(0),
+    });
+    let (work_tx, work_rx) = bounded::<Batch>(options.queue_depth.max(1));
+    let (done_tx, done_rx) = unbounded::<Batch>();
+    let (pool_tx, pool_rx) = unbounded::<Batch>();
+    let started = Instant::now();
+
+    let reader = {
+        let shared = Arc::clone(&shared);
+        let options = options.clone();
+        std::thread::Builder::new()
+            .name("tsem-reader".into())
+            .spawn(move || read_stage(source, work_tx, pool_rx, &options, &shared))
+            .map_err(|e| PipelineError::Read {
+                source_name: source_name.clone(),
+                error: e,
+            })?
+    };
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("tsem-worker-{i}"))
+        .build()
+        .map_err(|e| PipelineError::Read {
+            source_name: source_name.clone(),
+            error: io::Error::other(e.to_string()),
+        })?;
+    let dispatcher = {
+        let shared = Arc::clone(&shared);
+        let policy = Arc::clone(&policy);
+        let mapper = Arc::clone(&mapper);
+        let verdicts = verdicts.clone();
+        let max_len = options.max_record_len;
+        std::thread::Builder::new()
+            .name("tsem-dispatch".into())
+            .spawn(move || {
+                // Every pool thread runs the same long-lived worker loop: the
+                // pool size is the worker count, and the channel balances load.
+                pool.broadcast(|_| {
+                    work_stage(
+                        &work_rx,
+                        &done_tx,
+                        &mapper,
+                        &policy,
+                        verdicts.as_deref(),
+                        &shared,
+                        max_len,
+                    )
+                })
+            })
+            .map_err(|e| PipelineError::Read {
+                source_name: source_name.clone(),
+                error: e,
+            })?
+    };
+
+    let mut stats = Stats::new(workers);
+    let result = sequence_stage(
+        &done_rx,
+        &pool_tx,
+        sink,
+        options,
+        observer,
+        &source_name,
+        &mut stats,
+        started,
+    );
+    if result.is_err() {
+        shared.stop.store(true, Ordering::SeqCst);
+    }
+    // Drain so that the reader and workers can finish after a stop.
+    drop(pool_tx);
+    while done_rx.recv().is_ok() {}
+    let read_result = reader
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")));
+    let worker_stats: Vec<WorkerStats> = dispatcher.join().unwrap_or_default();
+    result?;
+    if let Err(error) = read_result {
+        return Err(PipelineError::Read { source_name, error });
+    }
+    sink.commit().map_err(PipelineError::Store)?;
+    for w in &worker_stats {
+        stats.merge_worker(w);
+    }
+    stats.stalls = shared.stalls.load(Ordering::Relaxed);
+    stats.max_queue_depth = shared.max_queue.load(Ordering::Relaxed);
+    stats.unanswerable = shared.unanswerable.load(Ordering::Relaxed);
+    stats.verdict_errors = shared.verdict_errors.load(Ordering::Relaxed);
+    if let Some(v) = &verdicts {
+        (stats.trusted, stats.untrusted) = v.counts();
+    }
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+fn read_stage(
+    mut source: Box<dyn RecordSource>,
+    work_tx: Sender<Batch>,
+    pool_rx: Receiver<Batch>,
+    options: &PipelineOptions,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut seq = 0u64;
+    let mut batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
+    let send = |mut b: Batch, seq: &mut u64| -> bool {
+        b.seq = *seq;
+        *seq += 1;
+        let depth = work_tx.len() as u64;
+        shared.max_queue.fetch_max(depth + 1, Ordering::Relaxed);
+        match work_tx.try_send(b) {
+            Ok(()) => true,
+            Err(TrySendError::Full(b)) => {
+                shared.stalls.fetch_add(1, Ordering::Relaxed);
+                work_tx.send(b).is_ok()
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    };
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Never hold a started batch back waiting for more input: ask the
+        // source not to block while the batch has lines.
+        let wait = batch.lines.is_empty();
+        let fetched = source.fetch(wait)?;
+        match fetched {
+            Fetch::Record { number, bytes } => {
+                if batch.lines.is_empty() {
+                    batch.read_at = Instant::now();
+                }
+                let start = batch.data.len() as u32;
+                batch.data.extend_from_slice(bytes);
+                batch.lines.push(LineRef {
+                    number,
+                    start,
+                    len: bytes.len() as u32,
+                    oversized: 0,
+                });
+            }
+            Fetch::Oversized { number, len } => {
+                if batch.lines.is_empty() {
+                    batch.read_at = Instant::now();
+                }
+                batch.lines.push(LineRef {
+                    number,
+                    start: batch.data.len() as u32,
+                    len: 0,
+                    oversized: len,
+                });
+            }
+            Fetch::Idle => {}
+            Fetch::End => {
+                if !batch.lines.is_empty() {
+                    send(batch, &mut seq);
+                }
+                return Ok(());
+            }
+        }
+        let full =
+            batch.lines.len() >= options.batch_lines || batch.data.len() >= options.batch_bytes;
+        if !batch.lines.is_empty() && (full || matches!(fetched_kind(&fetched), Kind::Idle)) {
+            if !send(batch, &mut seq) {
+                return Ok(());
+            }
+            batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
+            batch.clear();
+        }
+    }
+}
+
+enum Kind {
+    Idle,
+    Other,
+}
+
+fn fetched_kind(f: &Fetch<'_>) -> Kind {
+    match f {
+        Fetch::Idle => Kind::Idle,
+        _ => Kind::Other,
+    }
+}
+
+fn parse_task(view: &tsem_ingest::EventView<'_>) -> Option<Task> {
+    let pid = view.pid()?.parse().ok()?;
+    let tnum = view.tnum().and_then(|t| t.parse().ok());
+    Some(Task { pid, tnum })
+}
+
+fn map_line(parser: &mut Parser, mapper: &Mapper, bytes: &[u8]) -> Mapped {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Mapped::Blank;
+    }
+    let parsed = parser.parse(bytes, |record| match record {
+        Record::Aggregate { value } => match value.parse::<Digest>() {
+            Ok(d) => Mapped::Aggregate(d),
+            Err(e) => Mapped::Error {
+                message: format!("aggregate.value: {e}"),
+                kind: Some(ExportKind::Aggregate),
+                task: None,
+            },
+        },
+        Record::LogNotice { .. } => Mapped::LogNotice,
+        Record::Event(view) => {
+            let task = parse_task(&view);
+            match mapper.coefficient(&view) {
+                Ok(coefficient) => Mapped::Event {
+                    coefficient,
+                    kind: view.export,
+                    task,
+                    event_type: view.event_type,
+                },
+                Err(e) => Mapped::Error {
+                    message: format!("{}: {e}", view.type_name),
+                    kind: view.export,
+                    task,
+                },
+            }
+        }
+    });
+    parsed.unwrap_or_else(|e| Mapped::Error {
+        message: e.to_string(),
+        kind: None,
+        task: None,
+    })
+}
+
+fn work_stage(
+    work_rx: &Receiver<Batch>,
+    done_tx: &Sender<Batch>,
+    mapper: &Mapper,
+    policy: &RwLock<Arc<VerdictPolicy>>,
+    verdicts: Option<&VerdictWriter>,
+    shared: &Shared,
+    max_len: usize,
+) -> WorkerStats {
+    let mut parser = Parser::new(max_len);
+    let mut stats = WorkerStats::default();
+    while let Ok(mut batch) = work_rx.recv() {
+        let t0 = Instant::now();
+        let policy: Arc<VerdictPolicy> = policy.read().map(|p| Arc::clone(&p)).unwrap_or_default();
+        let Batch {
+            data,
+            lines,
+            results,
+            read_at,
+            ..
+        } = &mut batch;
+        for l in lines.iter() {
+            let mapped = if l.oversized > 0 {
+                Mapped::Error {
+                    message: format!(
+                        "record of {} bytes exceeds the limit of {max_len} bytes",
+                        l.oversized
+                    ),
+                    kind: None,
+                    task: None,
+                }
+            } else {
+                map_line(
+                    &mut parser,
+                    mapper,
+                    &data[l.start as usize..(l.start + l.len) as usize],
+                )
+            };
+            if let Some(v) = verdicts {
+                answer(v, &policy, &mapped, shared, &mut stats, *read_at);
+            }
+            results.push(mapped);
+        }
+        let n = lines.len().max(1) as u64;
+        stats.record_map(t0.elapsed(), n);
+        if done_tx.send(batch).is_err() {
+            break;
+        }
+    }
+    stats
+}
+
+/// Writes the verdict an export record is owed, as soon as it is mapped.
+fn answer(
+    v: &VerdictWriter,
+    policy: &VerdictPolicy,
+    mapped: &Mapped,
+    shared: &Shared,
+    stats: &mut WorkerStats,
+    read_at: Instant,
+) {
+    let (trusted, kind, task) = match mapped {
+        Mapped::Event {
+            coefficient,
+            kind,
+            task,
+            ..
+        } => (policy.trusted(coefficient), *kind, *task),
+        // A synchronous event we cannot map still holds a sleeping task: release
+        // it, failing closed when a sealed model is in force (documented policy).
+        Mapped::Error { kind, task, .. } => (!policy.sealed, *kind, *task),
+        _ => return,
+    };
+    let owed = match kind {
+        Some(ExportKind::Event) => true,
+        // spec §7: an asynchronous violation is reported only when enforcing.
+        Some(ExportKind::AsyncEvent) => policy.sealed && policy.enforcing && !trusted,
+        _ => false,
+    };
+    if !owed {
+        return;
+    }
+    let Some(task) = task else {
+        shared.unanswerable.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if v.release(task, trusted).is_err() {
+        shared.verdict_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.record_verdict(read_at.elapsed());
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sequence_stage(
+    done_rx: &Receiver<Batch>,
+    pool_tx: &Sender<Batch>,
+    sink: &mut ModelSink,
+    options: &PipelineOptions,
+    observer: &mut dyn Observer,
+    source_name: &str,
+    stats: &mut Stats,
+    started: Instant,
+) -> Result<(), PipelineError> {
+    let mut next = 0u64;
+    let mut pending: BTreeMap<u64, Batch> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let mut last_stats = Instant::now();
+    while let Ok(batch) = done_rx.recv() {
+        pending.insert(batch.seq, batch);
+        while let Some(batch) = pending.remove(&next) {
+            next += 1;
+            let t0 = Instant::now();
+            for (l, mapped) in batch.lines.iter().zip(&batch.results) {
+                let bytes = batch.line(l);
+                let outcome = match mapped {
+                    Mapped::Error { message, .. } => {
+                        stats.errors += 1;
+                        sink.note_error();
+                        observer
+                            .line(source_name, l.number, bytes, mapped, None)
+                            .map_err(PipelineError::Output)?;
+                        if options.on_error == ErrorPolicy::Stop {
+                            return Err(PipelineError::BadLine {
+                                source_name: source_name.to_owned(),
+                                line: l.number,
+                                message: message.clone(),
+                            });
+                        }
+                        continue;
+                    }
+                    _ => sink.apply(mapped, bytes, stats),
+                };
+                observer
+                    .line(source_name, l.number, bytes, mapped, outcome.as_ref())
+                    .map_err(PipelineError::Output)?;
+            }
+            stats.record_apply(t0.elapsed(), batch.read_at.elapsed());
+            let mut batch = batch;
+            batch.clear();
+            let _ = pool_tx.send(batch);
+            // Commit at batch boundaries, at most every commit_interval while
+            // busy, and at once when nothing else is waiting (idle input).
+            if sink.has_store()
+                && (last_commit.elapsed() >= options.commit_interval || done_rx.is_empty())
+            {
+                sink.commit().map_err(PipelineError::Store)?;
+                last_commit = Instant::now();
+            }
+        }
+        if let Some(every) = options.stats_interval {
+            if last_stats.elapsed() >= every {
+                eprintln!(
+                    "{}",
+                    stats.progress_line(sink, started.elapsed(), done_rx.len())
+                );
+                last_stats = Instant::now();
+            }
+        }
+    }
+    Ok(())
+}

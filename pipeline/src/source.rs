@@ -1,0 +1,311 @@
+//! Record sources for the pipeline's reader stage: they hand out one line at a
+//! time and can say "nothing more right now" (`Idle`) so that a batch is never
+//! held back waiting to fill while the input is idle.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use memmap2::Mmap;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tsem_ingest::lines::{Line, LineReader};
+
+/// What a source produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetch<'a> {
+    /// One line (without `\n`), with its 1-based number in the source.
+    Record {
+        /// Line (record) number.
+        number: u64,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// A line longer than the record limit (its bytes were dropped).
+    Oversized {
+        /// Line number.
+        number: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// No complete record is available now (only when not asked to wait).
+    Idle,
+    /// The input has ended.
+    End,
+}
+
+/// A source of records.
+pub trait RecordSource: Send {
+    /// The next record. With `wait == false` a source that would block returns
+    /// [`Fetch::Idle`] instead.
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>>;
+    /// The name used in messages (`FILE:LINE: …`).
+    fn name(&self) -> &str;
+}
+
+/// A regular file, memory-mapped: never idle, no copies, no syscalls per line.
+pub struct MappedFile {
+    map: Option<Mmap>,
+    pos: usize,
+    number: u64,
+    max_len: usize,
+    name: String,
+}
+
+impl MappedFile {
+    /// Maps `path` (an empty file yields no records).
+    pub fn open(path: &Path, max_len: usize) -> io::Result<MappedFile> {
+        let file = File::open(path)?;
+        let map = if file.metadata()?.len() == 0 {
+            None
+        } else {
+            // SAFETY: read-only map; see tsem_ingest::source for the truncation caveat.
+            Some(unsafe { Mmap::map(&file)? })
+        };
+        Ok(Self::from_map(map, max_len, path.display().to_string()))
+    }
+
+    fn from_map(map: Option<Mmap>, max_len: usize, name: String) -> MappedFile {
+        MappedFile {
+            map,
+            pos: 0,
+            number: 0,
+            max_len,
+            name,
+        }
+    }
+}
+
+impl RecordSource for MappedFile {
+    fn fetch(&mut self, _wait: bool) -> io::Result<Fetch<'_>> {
+        let data: &[u8] = self.map.as_deref().unwrap_or(&[]);
+        if self.pos >= data.len() {
+            return Ok(Fetch::End);
+        }
+        let rest = &data[self.pos..];
+        let (line, advance) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        self.pos += advance;
+        self.number += 1;
+        if line.len() > self.max_len {
+            return Ok(Fetch::Oversized {
+                number: self.number,
+                len: line.len(),
+            });
+        }
+        Ok(Fetch::Record {
+            number: self.number,
+            bytes: line,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A stream (stdin, a pipe, a character device) read with bounded memory.
+pub struct StreamSource<R> {
+    reader: LineReader<R>,
+    name: String,
+}
+
+impl<R: Read + AsFd + Send> StreamSource<R> {
+    /// Reads lines from `inner`.
+    pub fn new(inner: R, max_len: usize, name: impl Into<String>) -> Self {
+        StreamSource {
+            reader: LineReader::new(inner, max_len),
+            name: name.into(),
+        }
+    }
+
+    fn readable_now(&self) -> io::Result<bool> {
+        let fd: BorrowedFd<'_> = self.reader.get_ref().as_fd();
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+}
+
+impl<R: Read + AsFd + Send> RecordSource for StreamSource<R> {
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>> {
+        if !wait
+            && !self.reader.has_buffered_line()
+            && !self.reader.at_eof()
+            && !self.readable_now()?
+        {
+            return Ok(Fetch::Idle);
+        }
+        let number = self.reader.line_number() + 1;
+        Ok(match self.reader.next_line()? {
+            None => Fetch::End,
+            Some(Line::Text(bytes)) => Fetch::Record { number, bytes },
+            Some(Line::TooLong(len)) => Fetch::Oversized { number, len },
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Opens a path as a source: `-` is stdin, regular files are mapped, anything
+/// else (FIFOs, devices) is streamed.
+pub fn open_path(path: &Path, max_len: usize) -> io::Result<Box<dyn RecordSource>> {
+    if path.as_os_str() == "-" {
+        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        return Ok(Box::new(StreamSource::new(stdin, max_len, "<stdin>")));
+    }
+    let file = File::open(path)?;
+    if file.metadata()?.is_file() {
+        return Ok(Box::new(MappedFile::open(path, max_len)?));
+    }
+    let _ = file.as_raw_fd();
+    Ok(Box::new(StreamSource::new(
+        file,
+        max_len,
+        path.display().to_string(),
+    )))
+}
+
+/// A source over bytes in memory (tests, benchmarks, the bundled example).
+pub struct MemorySource {
+    data: Vec<u8>,
+    pos: usize,
+    number: u64,
+    max_len: usize,
+    name: String,
+}
+
+impl MemorySource {
+    /// Lines of `data`.
+    pub fn new(data: Vec<u8>, max_len: usize, name: impl Into<String>) -> Self {
+        MemorySource {
+            data,
+            pos: 0,
+            number: 0,
+            max_len,
+            name: name.into(),
+        }
+    }
+}
+
+impl RecordSource for MemorySource {
+    fn fetch(&mut self, _wait: bool) -> io::Result<Fetch<'_>> {
+        if self.pos >= self.data.len() {
+            return Ok(Fetch::End);
+        }
+        let rest = &self.data[self.pos..];
+        let (end, advance) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, i + 1),
+            None => (rest.len(), rest.len()),
+        };
+        let start = self.pos;
+        self.pos += advance;
+        self.number += 1;
+        if end > self.max_len {
+            return Ok(Fetch::Oversized {
+                number: self.number,
+                len: end,
+            });
+        }
+        Ok(Fetch::Record {
+            number: self.number,
+            bytes: &self.data[start..start + end],
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Adapts a reader with `next_record(timeout)` semantics (the kernel's export
+/// file, follow mode) to [`RecordSource`].
+pub struct TimedSource<R> {
+    reader: R,
+    name: String,
+    number: u64,
+}
+
+/// Readers that deliver records with a timeout (see [`tsem_ingest::export::Next`]).
+pub trait TimedReader: Send {
+    /// The next record, waiting at most `timeout` (`None`: block).
+    fn next_timed(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<tsem_ingest::export::Next<'_>>;
+}
+
+impl TimedReader for tsem_ingest::export::ExportReader {
+    fn next_timed(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<tsem_ingest::export::Next<'_>> {
+        self.next_record(timeout)
+    }
+}
+
+impl TimedReader for tsem_ingest::follow::FollowReader {
+    fn next_timed(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<tsem_ingest::export::Next<'_>> {
+        self.next_record(timeout)
+    }
+}
+
+impl<R: TimedReader> TimedSource<R> {
+    /// Wraps `reader`, naming it `name` in messages.
+    pub fn new(reader: R, name: impl Into<String>) -> Self {
+        TimedSource {
+            reader,
+            name: name.into(),
+            number: 0,
+        }
+    }
+}
+
+impl<R: TimedReader> RecordSource for TimedSource<R> {
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>> {
+        use tsem_ingest::export::Next;
+        let timeout = if wait {
+            None
+        } else {
+            Some(std::time::Duration::ZERO)
+        };
+        // Idle and a restart after truncation come back as Idle: the reader
+        // stage simply asks again.
+        Ok(match self.reader.next_timed(timeout)? {
+            Next::Record(bytes) => {
+                self.number += 1;
+                Fetch::Record {
+                    number: self.number,
+                    bytes,
+                }
+            }
+            Next::Oversized(len) => {
+                self.number += 1;
+                Fetch::Oversized {
+                    number: self.number,
+                    len,
+                }
+            }
+            Next::Idle => Fetch::Idle,
+            Next::Truncated => {
+                self.number = 0;
+                Fetch::Idle
+            }
+            Next::End => Fetch::End,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}

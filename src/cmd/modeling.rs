@@ -1,0 +1,178 @@
+//! Options and helpers shared by the commands that build or use a model
+//! (`run`, `learn`, `enforce`, `show --events`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model};
+use tsem_pipeline::{ErrorPolicy, ModelSink, PipelineOptions, Stats};
+
+use crate::{OnError, ProfileArg};
+
+/// How the model is set up before events are applied.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Mapping profile.
+    #[arg(long, value_enum, default_value_t)]
+    pub profile: ProfileArg,
+    /// Hardware aggregate to start from (hex), as the kernel's aggregate record would.
+    #[arg(long, value_name = "HEX")]
+    pub aggregate: Option<String>,
+    /// Base nonce (hex).
+    #[arg(long, value_name = "HEX")]
+    pub base: Option<String>,
+    /// File of `pseudonym HEX` lines (a model file's pseudonym lines are accepted too).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonyms: Option<PathBuf>,
+    /// A pathname to treat as a pseudonym (repeatable).
+    #[arg(long = "pseudonym", value_name = "PATH")]
+    pub pseudonym_paths: Vec<String>,
+    /// Model file to load first.
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Memory-mapped model store directory (created if missing, reopened otherwise).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+/// How the pipeline runs.
+#[derive(Args, Clone, Debug)]
+pub struct RunTuning {
+    /// Worker threads that parse and map events.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Most lines per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_lines: usize,
+    /// Policy for bad lines.
+    #[arg(long, value_enum, default_value_t)]
+    pub on_error: OnError,
+    /// Print a statistics line to stderr every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub stats_interval: Option<f64>,
+}
+
+impl RunTuning {
+    /// The pipeline options these flags select.
+    pub fn options(&self) -> PipelineOptions {
+        PipelineOptions {
+            workers: self.workers.max(1),
+            batch_lines: self.batch_lines.max(1),
+            queue_depth: 4 * self.workers.max(1),
+            on_error: match self.on_error {
+                OnError::Stop => ErrorPolicy::Stop,
+                OnError::Skip => ErrorPolicy::Skip,
+            },
+            stats_interval: self.stats_interval.map(std::time::Duration::from_secs_f64),
+            ..PipelineOptions::default()
+        }
+    }
+}
+
+fn digest_arg(name: &str, hex: &str) -> anyhow::Result<Digest> {
+    hex.parse().with_context(|| format!("--{name}"))
+}
+
+/// Reads a model file, refusing a world-writable one (anyone could have changed it).
+pub fn read_model_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o002 != 0 {
+        bail!("{}: refusing a world-writable model file", path.display());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+impl ModelArgs {
+    /// Builds the starting model: base, aggregate, model file, pseudonyms, in that order.
+    pub fn build_model(&self, unseal: bool) -> anyhow::Result<Model> {
+        let mut model = Model::new(self.profile.into());
+        if let Some(b) = &self.base {
+            model.set_base(digest_arg("base", b)?);
+        }
+        if let Some(a) = &self.aggregate {
+            model.set_aggregate(digest_arg("aggregate", a)?);
+        }
+        if let Some(path) = &self.model {
+            let text = read_model_file(path)?;
+            modelfile::load(&text, &mut model).with_context(|| format!("{}", path.display()))?;
+            if unseal {
+                model.unseal();
+            }
+        }
+        for p in super::load_pseudonyms(self.pseudonyms.as_deref())?.iter() {
+            model.add_pseudonym(*p);
+        }
+        for path in &self.pseudonym_paths {
+            model.add_pseudonym(pseudonym_of(path.as_bytes()));
+        }
+        Ok(model)
+    }
+
+    /// The model wrapped in a sink (with its store when `--store` is given), and
+    /// the mapper for its profile and pseudonyms.
+    pub fn sink(&self, model: Model) -> anyhow::Result<(ModelSink, Arc<Mapper>)> {
+        let sink = match &self.store {
+            Some(dir) => ModelSink::with_store(model, dir)
+                .with_context(|| format!("store {}", dir.display()))?,
+            None => ModelSink::new(model),
+        };
+        let m = sink.model();
+        let mapper = Arc::new(Mapper::new(m.profile(), m.pseudonyms().clone()));
+        Ok((sink, mapper))
+    }
+}
+
+/// The `--summary json` object.
+pub fn summary(sink: &ModelSink, stats: Option<&Stats>) -> Value {
+    let m = sink.model();
+    let mut v = json!({
+        "events": m.events(),
+        "points": m.points().len(),
+        "forensics": m.forensics_points(),
+        "violations": m.violations(),
+        "measurement": m.measurement().to_hex(),
+        "state": m.state().to_hex(),
+        "aggregate": m.aggregate().map(|a| a.to_hex()),
+        "base": m.base().to_hex(),
+        "profile": m.profile().name(),
+        "sealed": m.is_sealed(),
+        "pseudonyms": m.pseudonyms().len(),
+        "unknown_event_names": sink.unknown_event_names(),
+        "errors": sink.errors(),
+    });
+    if let (Some(stats), Some(obj)) = (stats, v.as_object_mut()) {
+        obj.insert("stats".into(), stats.to_json());
+    }
+    v
+}
+
+/// Writes a text file atomically (temporary file, fsync, rename), mode 0600.
+pub fn write_file_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

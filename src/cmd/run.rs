@@ -1,0 +1,394 @@
+//! `tsem-stream run` (the default command), `learn` and `enforce`: events
+//! through the pipeline into a model.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+use tsem_model::{modelfile, Outcome};
+use tsem_pipeline::source::{open_path, MemorySource};
+use tsem_pipeline::{
+    ControlProtocol, Mapped, ModelSink, Observer, PipelineError, RecordSource, VerdictWriter,
+};
+
+use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
+
+/// The bundled example: 109 raw export records of a real TSEM kernel.
+const BUNDLED_EXAMPLE: &[u8] = include_bytes!("../../examples/real-kernel-export.jsonl");
+
+/// Output format of the run summary.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SummaryFormat {
+    /// One JSON object on stdout.
+    Json,
+    /// A few readable lines on stderr.
+    Text,
+}
+
+/// Release protocol for verdicts.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum ProtocolArg {
+    /// `trusted pid=P tnum=T` (2025 kernels, Quixote v1.8).
+    #[default]
+    Tnum,
+    /// `trusted pid=P key=HEX` (2024 kernels, Quixote v1.7).
+    Key,
+}
+
+/// Options of `run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub tuning: RunTuning,
+    /// Event file (`-` for stdin). Without it and without --tsem-root, a bundled example is used.
+    #[arg(long, value_name = "FILE", conflicts_with = "tsem_root")]
+    pub input: Option<PathBuf>,
+    /// Keep reading --input as it grows (like `tail -f`); stop with Ctrl-C.
+    #[arg(long, requires = "input")]
+    pub follow: bool,
+    /// Root of the TSEM securityfs tree (e.g. /sys/kernel/security/tsem, or a simulator's).
+    #[arg(long, value_name = "DIR", requires = "namespace")]
+    pub tsem_root: Option<PathBuf>,
+    /// Modeling namespace id whose export file `external_tma/ID` is read.
+    #[arg(long, value_name = "ID")]
+    pub namespace: Option<u64>,
+    /// Enforce: write `enforce` to the control file at start (needs a model, -m).
+    #[arg(short = 'e', long, requires = "model")]
+    pub enforce: bool,
+    /// Write the model here at the end.
+    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
+    pub output: Option<PathBuf>,
+    /// With -o, write the trajectory (event descriptions) instead of the model.
+    #[arg(short = 't', requires = "output")]
+    pub trajectory: bool,
+    /// Print a summary.
+    #[arg(long, value_enum)]
+    pub summary: Option<SummaryFormat>,
+    /// Verdict protocol.
+    #[arg(long, value_enum, default_value_t)]
+    pub control_protocol: ProtocolArg,
+    /// The namespace key for `--control-protocol key`.
+    #[arg(long, value_name = "HEX", required_if_eq("control_protocol", "key"))]
+    pub key: Option<String>,
+}
+
+/// Prints `FILE:LINE: what` for bad lines, in input order.
+struct ErrorReporter<'a> {
+    inner: Option<&'a mut dyn Observer>,
+}
+
+impl Observer for ErrorReporter<'_> {
+    fn line(
+        &mut self,
+        source: &str,
+        number: u64,
+        bytes: &[u8],
+        mapped: &Mapped,
+        outcome: Option<&Outcome>,
+    ) -> io::Result<()> {
+        if let Mapped::Error { message, .. } = mapped {
+            eprintln!("{source}:{number}: {message}");
+        }
+        match &mut self.inner {
+            Some(o) => o.line(source, number, bytes, mapped, outcome),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The outcome of one pipeline run, for the commands' exit status.
+pub struct RunOutcome {
+    pub sink: ModelSink,
+    pub stats: Option<tsem_pipeline::Stats>,
+    pub stopped_on_error: bool,
+}
+
+/// Runs the pipeline over `source` into the model of `args`.
+pub fn execute(
+    model_args: &ModelArgs,
+    tuning: &RunTuning,
+    source: Box<dyn RecordSource>,
+    unseal: bool,
+    seal: bool,
+    verdicts: Option<Arc<VerdictWriter>>,
+    observer: Option<&mut dyn Observer>,
+) -> anyhow::Result<RunOutcome> {
+    let mut model = model_args.build_model(unseal)?;
+    if seal {
+        model.seal();
+    }
+    let (mut sink, mapper) = model_args.sink(model)?;
+    let mut reporter = ErrorReporter { inner: observer };
+    match tsem_pipeline::run(
+        source,
+        mapper,
+        &mut sink,
+        verdicts,
+        &tuning.options(),
+        &mut reporter,
+    ) {
+        Ok(stats) => Ok(RunOutcome {
+            sink,
+            stats: Some(stats),
+            stopped_on_error: false,
+        }),
+        // Already reported by the ErrorReporter, in order.
+        Err(PipelineError::BadLine { .. }) => {
+            sink.commit().map_err(anyhow::Error::msg)?;
+            Ok(RunOutcome {
+                sink,
+                stats: None,
+                stopped_on_error: true,
+            })
+        }
+        Err(PipelineError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(RunOutcome {
+            sink,
+            stats: None,
+            stopped_on_error: false,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the input of a command: a path, `-`, or the bundled example.
+pub fn open_input(input: Option<&PathBuf>) -> anyhow::Result<Box<dyn RecordSource>> {
+    match input {
+        Some(path) => open_path(path, DEFAULT_MAX_RECORD_LEN)
+            .with_context(|| format!("cannot open {}", path.display())),
+        None => Ok(Box::new(MemorySource::new(
+            BUNDLED_EXAMPLE.to_vec(),
+            DEFAULT_MAX_RECORD_LEN,
+            "<bundled example: examples/real-kernel-export.jsonl>",
+        ))),
+    }
+}
+
+/// Writes the requested outputs and picks the exit status.
+pub fn finish(
+    outcome: &RunOutcome,
+    output: Option<&PathBuf>,
+    trajectory: bool,
+    summary_format: Option<SummaryFormat>,
+) -> anyhow::Result<ExitCode> {
+    let model = outcome.sink.model();
+    if let Some(path) = output {
+        let text = if trajectory {
+            let mut t = Vec::new();
+            tsem_model::views::render(model, tsem_model::views::View::Trajectory, false, &mut t)?;
+            String::from_utf8_lossy(&t).into_owned()
+        } else {
+            modelfile::write(model, false)
+        };
+        write_file_atomically(path, &text)?;
+    }
+    match summary_format {
+        Some(SummaryFormat::Json) => {
+            let mut out = io::stdout().lock();
+            serde_json::to_writer(&mut out, &summary(&outcome.sink, outcome.stats.as_ref()))?;
+            writeln!(out)?;
+        }
+        Some(SummaryFormat::Text) => {
+            let s = summary(&outcome.sink, outcome.stats.as_ref());
+            eprintln!(
+                "events {} points {} forensics {} errors {}\nmeasurement {}\nstate {}",
+                s["events"],
+                s["points"],
+                s["forensics"],
+                s["errors"],
+                model.measurement(),
+                model.state()
+            );
+            if let Some(st) = &outcome.stats {
+                eprintln!("{:.0} records/s with {} worker(s)", st.rate(), st.workers);
+            }
+        }
+        None => {}
+    }
+    Ok(if outcome.stopped_on_error || outcome.sink.errors() > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `tsem-stream run`.
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
+        match (&args.tsem_root, args.namespace) {
+            (Some(root), Some(ns)) => {
+                let protocol = match args.control_protocol {
+                    ProtocolArg::Tnum => ControlProtocol::Tnum,
+                    ProtocolArg::Key => ControlProtocol::Key(args.key.clone().unwrap_or_default()),
+                };
+                let control = root.join("control");
+                let writer = VerdictWriter::open(&control, protocol)
+                    .with_context(|| format!("cannot open {}", control.display()))?;
+                if args.enforce {
+                    writer.command("enforce").context("writing enforce")?;
+                }
+                let export = root.join("external_tma").join(ns.to_string());
+                (super::export_source(&export)?, Some(Arc::new(writer)))
+            }
+            _ => match (&args.input, args.follow) {
+                (Some(path), true) => (super::follow_source(path)?, None),
+                _ => (open_input(args.input.as_ref())?, None),
+            },
+        };
+    let outcome = execute(
+        &args.model,
+        &args.tuning,
+        source,
+        false,
+        args.enforce,
+        verdicts,
+        None,
+    )?;
+    let summary_format = args
+        .summary
+        .or(if args.input.is_none() && args.tsem_root.is_none() {
+            Some(SummaryFormat::Text)
+        } else {
+            None
+        });
+    finish(
+        &outcome,
+        args.output.as_ref(),
+        args.trajectory,
+        summary_format,
+    )
+}
+
+/// Options of `learn`.
+#[derive(Args, Clone, Debug)]
+pub struct LearnArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub tuning: RunTuning,
+    /// Write the learned model here.
+    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
+    pub output: PathBuf,
+    /// Print a summary.
+    #[arg(long, value_enum)]
+    pub summary: Option<SummaryFormat>,
+    /// Event lines (`-` for stdin).
+    #[arg(default_value = "-")]
+    pub input: PathBuf,
+}
+
+/// `tsem-stream learn`: free modeling, then the model file.
+pub fn learn(args: &LearnArgs) -> anyhow::Result<ExitCode> {
+    let source = open_input(Some(&args.input))?;
+    let outcome = execute(&args.model, &args.tuning, source, true, false, None, None)?;
+    finish(&outcome, Some(&args.output), false, args.summary)
+}
+
+/// Options of `enforce`.
+#[derive(Args, Clone, Debug)]
+pub struct EnforceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub tuning: RunTuning,
+    /// Write forensics descriptions (new behaviour) here.
+    #[arg(long, value_name = "OUT")]
+    pub forensics: Option<PathBuf>,
+    /// Print a summary (instead of the per-event verdicts).
+    #[arg(long, value_enum)]
+    pub summary: Option<SummaryFormat>,
+    /// Event lines (`-` for stdin).
+    #[arg(default_value = "-")]
+    pub input: PathBuf,
+}
+
+/// Prints one verdict line per event.
+struct VerdictPrinter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Observer for VerdictPrinter<W> {
+    fn line(
+        &mut self,
+        _: &str,
+        number: u64,
+        _: &[u8],
+        mapped: &Mapped,
+        outcome: Option<&Outcome>,
+    ) -> io::Result<()> {
+        let (
+            Mapped::Event {
+                coefficient, task, ..
+            },
+            Some(outcome),
+        ) = (mapped, outcome)
+        else {
+            return Ok(());
+        };
+        let word = if outcome.violation {
+            "untrusted"
+        } else {
+            "trusted"
+        };
+        write!(self.out, "{word} line={number}")?;
+        if let Some(t) = task {
+            write!(self.out, " pid={}", t.pid)?;
+            if let Some(tnum) = t.tnum {
+                write!(self.out, " tnum={tnum}")?;
+            }
+        }
+        writeln!(self.out, " coefficient={coefficient}")
+    }
+}
+
+/// `tsem-stream enforce`: a sealed model over events; exit 3 on any violation.
+pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.model.model.is_some(),
+        "enforce needs a model (-m MODEL)"
+    );
+    let source = open_input(Some(&args.input))?;
+    let mut printer = VerdictPrinter {
+        out: BufWriter::new(io::stdout().lock()),
+    };
+    let observer: Option<&mut dyn Observer> = if args.summary.is_none() {
+        Some(&mut printer)
+    } else {
+        None
+    };
+    let outcome = execute(
+        &args.model,
+        &args.tuning,
+        source,
+        false,
+        true,
+        None,
+        observer,
+    )?;
+    printer.out.flush()?;
+    drop(printer);
+    if let Some(path) = &args.forensics {
+        let mut text = Vec::new();
+        tsem_model::views::render(
+            outcome.sink.model(),
+            tsem_model::views::View::Forensics,
+            false,
+            &mut text,
+        )?;
+        write_file_atomically(path, &String::from_utf8_lossy(&text))?;
+    }
+    let code = finish(&outcome, None, false, args.summary)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    Ok(if outcome.sink.model().violations() > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
