@@ -149,6 +149,43 @@ impl Observer for NoObserver {
     }
 }
 
+/// The records of one batch, in arrival order, as a [`LineTap`] sees them.
+pub struct TapBatch<'a> {
+    batch: &'a Batch,
+}
+
+impl<'a> TapBatch<'a> {
+    /// Each record's line number and bytes (without `\n`); oversized lines are not records.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+        let batch = self.batch;
+        batch
+            .lines
+            .iter()
+            .filter(|l| l.oversized == 0 && l.len > 0)
+            .map(move |l| (l.number, batch.line(l)))
+    }
+}
+
+/// A consumer of every record received, verbatim and in arrival order (the
+/// archive). It runs on its own thread so that slow storage does not delay
+/// modeling; a bounded queue in front of it makes it push back instead of
+/// letting memory grow.
+pub trait LineTap: Send {
+    /// Takes one batch of records.
+    fn write_batch(&mut self, batch: &TapBatch<'_>) -> io::Result<()>;
+    /// Called once after the last batch (flush, close segments).
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+/// Where the pipeline's results go besides the model.
+#[derive(Default)]
+pub struct Outputs {
+    /// Verdicts to the kernel's control file.
+    pub verdicts: Option<Arc<VerdictWriter>>,
+    /// A copy of every record (the archive).
+    pub tap: Option<Box<dyn LineTap>>,
+}
+
 /// Why the pipeline stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -176,6 +213,9 @@ pub enum PipelineError {
     /// The observer failed (e.g. stdout closed).
     #[error("output: {0}")]
     Output(io::Error),
+    /// The record tap (archive) failed.
+    #[error("archive: {0}")]
+    Tap(io::Error),
 }
 
 struct LineRef {
@@ -228,10 +268,11 @@ pub fn run(
     source: Box<dyn RecordSource>,
     mapper: Arc<Mapper>,
     sink: &mut ModelSink,
-    verdicts: Option<Arc<VerdictWriter>>,
+    outputs: Outputs,
     options: &PipelineOptions,
     observer: &mut dyn Observer,
 ) -> Result<Stats, PipelineError> {
+    let Outputs { verdicts, tap } = outputs;
     let workers = options.workers.max(1);
     let source_name = source.name().to_owned();
     let policy = Arc::new(RwLock::new(Arc::new(sink.verdict_policy())));
@@ -296,10 +337,41 @@ pub fn run(
             })?
     };
 
+    // The tap thread writes each applied batch, then hands the arena back to the reader.
+    let (tap_tx, tap_thread) = match tap {
+        Some(mut tap) => {
+            let (tx, rx) = bounded::<Batch>(options.queue_depth.max(1));
+            let pool_tx = pool_tx.clone();
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name("tsem-tap".into())
+                .spawn(move || -> io::Result<()> {
+                    let mut failed = None;
+                    for mut batch in rx.iter() {
+                        if failed.is_none() {
+                            if let Err(e) = tap.write_batch(&TapBatch { batch: &batch }) {
+                                shared.stop.store(true, Ordering::SeqCst);
+                                failed = Some(e);
+                            }
+                        }
+                        batch.clear();
+                        let _ = pool_tx.send(batch);
+                    }
+                    match failed {
+                        Some(e) => Err(e),
+                        None => tap.finish(),
+                    }
+                })
+                .map_err(PipelineError::Tap)?;
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
     let mut stats = Stats::new(workers);
     let result = sequence_stage(
         &done_rx,
         &pool_tx,
+        tap_tx.as_ref(),
         sink,
         options,
         observer,
@@ -317,7 +389,15 @@ pub fn run(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")));
     let worker_stats: Vec<WorkerStats> = dispatcher.join().unwrap_or_default();
+    drop(tap_tx);
+    let tap_result = tap_thread.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err(io::Error::other("archive thread panicked")))
+    });
     result?;
+    if let Some(Err(e)) = tap_result {
+        return Err(PipelineError::Tap(e));
+    }
     if let Err(error) = read_result {
         return Err(PipelineError::Read { source_name, error });
     }
@@ -564,6 +644,7 @@ fn answer(
 fn sequence_stage(
     done_rx: &Receiver<Batch>,
     pool_tx: &Sender<Batch>,
+    tap_tx: Option<&Sender<Batch>>,
     sink: &mut ModelSink,
     options: &PipelineOptions,
     observer: &mut dyn Observer,
@@ -605,9 +686,19 @@ fn sequence_stage(
                     .map_err(PipelineError::Output)?;
             }
             stats.record_apply(t0.elapsed(), batch.read_at.elapsed());
-            let mut batch = batch;
-            batch.clear();
-            let _ = pool_tx.send(batch);
+            match tap_tx {
+                Some(tx) => {
+                    if let Err(TrySendError::Full(b)) = tx.try_send(batch) {
+                        stats.tap_stalls += 1;
+                        let _ = tx.send(b);
+                    }
+                }
+                None => {
+                    let mut batch = batch;
+                    batch.clear();
+                    let _ = pool_tx.send(batch);
+                }
+            }
             // Commit at batch boundaries, at most every commit_interval while
             // busy, and at once when nothing else is waiting (idle input).
             if sink.has_store()

@@ -10,7 +10,8 @@ pub mod stats;
 pub mod verdict;
 
 pub use engine::{
-    run, ErrorPolicy, Mapped, NoObserver, Observer, PipelineError, PipelineOptions, VerdictPolicy,
+    run, ErrorPolicy, LineTap, Mapped, NoObserver, Observer, Outputs, PipelineError,
+    PipelineOptions, TapBatch, VerdictPolicy,
 };
 pub use sink::ModelSink;
 pub use source::{Fetch, RecordSource};

@@ -58,6 +58,8 @@ pub struct Stats {
     pub errors: u64,
     /// Times the reader found the work queue full (back-pressure).
     pub stalls: u64,
+    /// Times the sequencer found the archive queue full (slow archive storage).
+    pub tap_stalls: u64,
     /// Deepest work queue seen.
     pub max_queue_depth: u64,
     /// Synchronous events that could not be answered (no pid).
@@ -89,6 +91,7 @@ impl Stats {
             by_type: [0; 89],
             errors: 0,
             stalls: 0,
+            tap_stalls: 0,
             max_queue_depth: 0,
             unanswerable: 0,
             verdict_errors: 0,
@@ -178,6 +181,7 @@ impl Stats {
             },
             "by_event_type": types,
             "backpressure_stalls": self.stalls,
+            "archive_stalls": self.tap_stalls,
             "max_queue_depth": self.max_queue_depth,
             "verdicts": { "trusted": self.trusted, "untrusted": self.untrusted,
                           "unanswerable": self.unanswerable, "write_errors": self.verdict_errors },

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
 use tsem_model::{Mapper, Model, Profile, Pseudonyms};
 use tsem_pipeline::source::MemorySource;
-use tsem_pipeline::{run, ErrorPolicy, ModelSink, NoObserver, PipelineOptions};
+use tsem_pipeline::{run, ErrorPolicy, ModelSink, NoObserver, Outputs, PipelineOptions};
 
 fn corpus() -> Vec<u8> {
     std::fs::read(concat!(
@@ -55,7 +55,15 @@ fn model_with(data: &[u8], start: Model, workers: usize, batch_lines: usize) -> 
         DEFAULT_MAX_RECORD_LEN,
         "corpus",
     ));
-    run(source, mapper, &mut sink, None, &options, &mut NoObserver).expect("pipeline");
+    run(
+        source,
+        mapper,
+        &mut sink,
+        Outputs::default(),
+        &options,
+        &mut NoObserver,
+    )
+    .expect("pipeline");
     sink.into_model()
 }
 

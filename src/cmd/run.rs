@@ -12,7 +12,8 @@ use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
 use tsem_model::{modelfile, Outcome};
 use tsem_pipeline::source::{open_path, MemorySource};
 use tsem_pipeline::{
-    ControlProtocol, Mapped, ModelSink, Observer, PipelineError, RecordSource, VerdictWriter,
+    ControlProtocol, Mapped, ModelSink, Observer, Outputs, PipelineError, RecordSource,
+    VerdictWriter,
 };
 
 use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
@@ -116,7 +117,7 @@ pub fn execute(
     source: Box<dyn RecordSource>,
     unseal: bool,
     seal: bool,
-    verdicts: Option<Arc<VerdictWriter>>,
+    outputs: Outputs,
     observer: Option<&mut dyn Observer>,
 ) -> anyhow::Result<RunOutcome> {
     let mut model = model_args.build_model(unseal)?;
@@ -129,7 +130,7 @@ pub fn execute(
         source,
         mapper,
         &mut sink,
-        verdicts,
+        outputs,
         &tuning.options(),
         &mut reporter,
     ) {
@@ -246,7 +247,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         source,
         false,
         args.enforce,
-        verdicts,
+        Outputs {
+            verdicts,
+            tap: None,
+        },
         None,
     )?;
     let summary_format = args
@@ -285,7 +289,15 @@ pub struct LearnArgs {
 /// `tsem-stream learn`: free modeling, then the model file.
 pub fn learn(args: &LearnArgs) -> anyhow::Result<ExitCode> {
     let source = open_input(Some(&args.input))?;
-    let outcome = execute(&args.model, &args.tuning, source, true, false, None, None)?;
+    let outcome = execute(
+        &args.model,
+        &args.tuning,
+        source,
+        true,
+        false,
+        Outputs::default(),
+        None,
+    )?;
     finish(&outcome, Some(&args.output), false, args.summary)
 }
 
@@ -367,7 +379,7 @@ pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
         source,
         false,
         true,
-        None,
+        Outputs::default(),
         observer,
     )?;
     printer.out.flush()?;

@@ -76,7 +76,7 @@ pub fn load_view_model(args: &ShowArgs) -> anyhow::Result<Model> {
             open_input(Some(events))?,
             false,
             false,
-            None,
+            Default::default(),
             None,
         )?;
         if outcome.stopped_on_error {

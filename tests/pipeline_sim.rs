@@ -1,0 +1,220 @@
+//! `tsem-stream sim` and `tsem-stream run` as two processes over a temporary
+//! securityfs tree: the kernel's side of the protocol end to end.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn spawn_sim(root: &Path, events: &Path, extra: &[&str]) -> Child {
+    bin()
+        .args([
+            "sim",
+            "--tsem-root",
+            root.to_str().unwrap(),
+            "--namespace",
+            "7",
+            "--events",
+            events.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sim")
+}
+
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs sim and run side by side; returns (sim report, run output).
+fn sim_and_run(events: &Path, run_args: &[&str], sim_args: &[&str]) -> (Value, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tsem");
+    let sim = spawn_sim(&root, events, sim_args);
+    wait_for(&root.join("external_tma/7"));
+    wait_for(&root.join("control"));
+    let run_out = bin()
+        .args([
+            "run",
+            "--tsem-root",
+            root.to_str().unwrap(),
+            "--namespace",
+            "7",
+        ])
+        .args(run_args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let sim_out = sim.wait_with_output().expect("sim");
+    assert!(
+        sim_out.status.success(),
+        "sim failed: {}\n{}",
+        String::from_utf8_lossy(&sim_out.stdout),
+        String::from_utf8_lossy(&sim_out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&sim_out.stdout).expect("sim report");
+    (report, run_out)
+}
+
+#[test]
+fn free_modeling_through_the_simulator_gives_the_expected_measurement_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let events = conformance("events.jsonl");
+    let (report, run) = sim_and_run(
+        &events,
+        &[
+            "--workers",
+            "2",
+            "--summary",
+            "json",
+            "-o",
+            model.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let s: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        s["measurement"],
+        "2b72eefc576a9d7184d777c7d692823d43b76190c0f8e36d4cd2dba828e20c84"
+    );
+    assert_eq!(
+        s["state"],
+        "d4196e89625fa29e068cb2c5cf51da65b4efc9b87f8cf209b725f2fe41cf5f51"
+    );
+    assert_eq!(s["points"], 2212);
+    assert_eq!(s["stats"]["by_export_type"]["event"], 3000);
+    assert_eq!(s["stats"]["by_export_type"]["aggregate"], 1);
+    assert_eq!(report["events"], 3000);
+    assert_eq!(report["verdicts"], 3000);
+    assert_eq!(report["trusted"], 3000);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert!(std::fs::read_to_string(&model)
+        .unwrap()
+        .ends_with("seal\nend\n"));
+}
+
+#[test]
+fn enforcing_marks_exactly_the_changed_events_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let original = conformance("events.jsonl");
+    assert!(run(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        original.to_str().unwrap()
+    ])
+    .status
+    .success());
+
+    // Change the digest of every 50th file_open event.
+    let text = std::fs::read_to_string(&original).unwrap();
+    let mut changed_lines = Vec::new();
+    let mut seen_file_open = 0;
+    let modified: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"type\": \"file_open\"") {
+                seen_file_open += 1;
+                if seen_file_open % 50 == 0 {
+                    if let Some(at) = l.find("\"digest\": \"") {
+                        let mut m = l.to_owned();
+                        m.replace_range(at + 11..at + 19, "deadbeef");
+                        changed_lines.push(m.clone());
+                        return m;
+                    }
+                }
+            }
+            l.to_owned()
+        })
+        .collect();
+    assert!(changed_lines.len() >= 10);
+    let modified_path = dir.path().join("modified.jsonl");
+    std::fs::write(&modified_path, modified.join("\n") + "\n").unwrap();
+
+    // Expected: lines whose coefficient the learned model does not have.
+    let learned: HashSet<String> = lines(&conformance("expected-coefficients.txt"))
+        .into_iter()
+        .collect();
+    let now = stdout_lines(&run(&["coefficients", modified_path.to_str().unwrap()]));
+    let expected: Vec<u64> = now
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !learned.contains(*c))
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert!(!expected.is_empty());
+
+    let (report, run_out) = sim_and_run(
+        &modified_path,
+        &[
+            "-m",
+            model.to_str().unwrap(),
+            "-e",
+            "--workers",
+            "2",
+            "--summary",
+            "json",
+        ],
+        &["--sync-fraction", "1.0"],
+    );
+    assert!(
+        run_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run_out.stderr)
+    );
+    let got: Vec<u64> = report["untrusted_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(report["untrusted"], expected.len() as u64);
+    assert_eq!(report["trusted"], 3000 - expected.len() as u64);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["commands"], serde_json::json!(["enforce"]));
+    let s: Value = serde_json::from_slice(&run_out.stdout).unwrap();
+    assert_eq!(s["violations"], expected.len() as u64);
+}
+
+#[test]
+fn asynchronous_events_are_not_answered_unless_enforcing_a_violation() {
+    let (report, run_out) = sim_and_run(
+        &conformance("document-events.jsonl"),
+        &[],
+        &["--sync-fraction", "0.4"],
+    );
+    assert!(
+        run_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run_out.stderr)
+    );
+    assert_eq!(report["events"], 5);
+    assert_eq!(report["verdicts"], report["sync_events"]);
+    assert_eq!(report["unexpected"], 0);
+    assert_eq!(report["missing"], 0);
+}
