@@ -81,6 +81,18 @@ enum Command {
     },
     /// Simulate a TSEM kernel: serve events as export records, collect verdicts.
     Sim(cmd::sim::SimArgs),
+    /// Compressed, indexed, tamper-evident archives of records.
+    Archive(cmd::archive::ArchiveArgs),
+    /// Feed an archive or an event file into the pipeline as if it came from the kernel.
+    Replay(cmd::replay::ReplayArgs),
+    /// Compare two archives, event files, model files or stores.
+    Diff(cmd::diff::DiffArgs),
+    /// The live console of a running workload (like quixote-console).
+    Console(cmd::console::ConsoleArgs),
+    /// Explain forensics: what differs from the learned behaviour and what to do.
+    Explain(cmd::explain::ExplainArgs),
+    /// Model maintenance (`model rebuild`).
+    Model(cmd::rebuild::RebuildArgs),
     /// Print the security state coefficient of each event line, in input order.
     Coefficients {
         /// Mapping profile.
@@ -126,6 +138,12 @@ fn main() -> ExitCode {
             model,
         }) => cmd::sign::run(generate, &key, model.as_deref()),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
+        Some(Command::Archive(args)) => cmd::archive::run(&args),
+        Some(Command::Replay(args)) => cmd::replay::run(&args),
+        Some(Command::Diff(args)) => cmd::diff::run(&args),
+        Some(Command::Console(args)) => cmd::console::run(&args),
+        Some(Command::Explain(args)) => cmd::explain::run(&args),
+        Some(Command::Model(args)) => cmd::rebuild::run(&args),
         Some(Command::Coefficients {
             profile,
             pseudonyms,

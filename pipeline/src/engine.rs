@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use tsem_ingest::{EventType, ExportKind, Parser, Record, DEFAULT_MAX_RECORD_LEN};
+use tsem_model::views::View;
 use tsem_model::{Coefficient, Digest, Mapper, Outcome};
 
 use crate::sink::ModelSink;
@@ -177,6 +178,26 @@ pub trait LineTap: Send {
     fn finish(&mut self) -> io::Result<()>;
 }
 
+/// A request to the running model, answered by the sequencer between batches
+/// (so it sees a consistent model without locks): the management socket's views.
+pub enum ModelRequest {
+    /// Render a view of the model.
+    View {
+        /// Which view.
+        view: View,
+        /// Prefix coefficient lines with `state `.
+        prefix: bool,
+        /// Where the rendered bytes go.
+        reply: Sender<Result<Vec<u8>, String>>,
+    },
+    /// Seal the model: from now on new coefficients are forensics and
+    /// verdicts come from the sealed set.
+    Seal {
+        /// Acknowledgement.
+        reply: Sender<Result<(), String>>,
+    },
+}
+
 /// Where the pipeline's results go besides the model.
 #[derive(Default)]
 pub struct Outputs {
@@ -184,6 +205,8 @@ pub struct Outputs {
     pub verdicts: Option<Arc<VerdictWriter>>,
     /// A copy of every record (the archive).
     pub tap: Option<Box<dyn LineTap>>,
+    /// Requests from the management socket.
+    pub requests: Option<Receiver<ModelRequest>>,
 }
 
 /// Why the pipeline stopped early.
@@ -272,7 +295,11 @@ pub fn run(
     options: &PipelineOptions,
     observer: &mut dyn Observer,
 ) -> Result<Stats, PipelineError> {
-    let Outputs { verdicts, tap } = outputs;
+    let Outputs {
+        verdicts,
+        tap,
+        requests,
+    } = outputs;
     let workers = options.workers.max(1);
     let source_name = source.name().to_owned();
     let policy = Arc::new(RwLock::new(Arc::new(sink.verdict_policy())));
@@ -372,6 +399,8 @@ pub fn run(
         &done_rx,
         &pool_tx,
         tap_tx.as_ref(),
+        requests.as_ref(),
+        &policy,
         sink,
         options,
         observer,
@@ -645,6 +674,8 @@ fn sequence_stage(
     done_rx: &Receiver<Batch>,
     pool_tx: &Sender<Batch>,
     tap_tx: Option<&Sender<Batch>>,
+    requests: Option<&Receiver<ModelRequest>>,
+    policy: &RwLock<Arc<VerdictPolicy>>,
     sink: &mut ModelSink,
     options: &PipelineOptions,
     observer: &mut dyn Observer,
@@ -656,7 +687,21 @@ fn sequence_stage(
     let mut pending: BTreeMap<u64, Batch> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut last_stats = Instant::now();
-    while let Ok(batch) = done_rx.recv() {
+    let never = crossbeam_channel::never();
+    let requests = requests.unwrap_or(&never);
+    loop {
+        let batch = crossbeam_channel::select! {
+            recv(done_rx) -> b => match b {
+                Ok(b) => b,
+                Err(_) => break,
+            },
+            recv(requests) -> r => {
+                if let Ok(request) = r {
+                    answer_request(request, sink, policy);
+                }
+                continue;
+            }
+        };
         pending.insert(batch.seq, batch);
         while let Some(batch) = pending.remove(&next) {
             next += 1;
@@ -719,4 +764,29 @@ fn sequence_stage(
         }
     }
     Ok(())
+}
+
+/// Answers a management request from the sequencer's thread.
+fn answer_request(
+    request: ModelRequest,
+    sink: &mut ModelSink,
+    policy: &RwLock<Arc<VerdictPolicy>>,
+) {
+    match request {
+        ModelRequest::View {
+            view,
+            prefix,
+            reply,
+        } => {
+            let _ = reply.send(sink.render(view, prefix));
+        }
+        ModelRequest::Seal { reply } => {
+            sink.model_mut().seal();
+            let result = sink.sync_all();
+            if let Ok(mut p) = policy.write() {
+                *p = Arc::new(sink.verdict_policy());
+            }
+            let _ = reply.send(result);
+        }
+    }
 }

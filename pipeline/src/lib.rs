@@ -10,7 +10,7 @@ pub mod stats;
 pub mod verdict;
 
 pub use engine::{
-    run, ErrorPolicy, LineTap, Mapped, NoObserver, Observer, Outputs, PipelineError,
+    run, ErrorPolicy, LineTap, Mapped, ModelRequest, NoObserver, Observer, Outputs, PipelineError,
     PipelineOptions, TapBatch, VerdictPolicy,
 };
 pub use sink::ModelSink;

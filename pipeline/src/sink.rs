@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tsem_model::state::{trajectory_line, Point};
 use tsem_model::store::{ModelStore, StoreError, StoreMeta, StoreSnapshot, StoredPoint};
+use tsem_model::views::{render, View};
 use tsem_model::{Model, Outcome};
 
 use crate::engine::{Mapped, VerdictPolicy};
@@ -265,6 +266,29 @@ impl ModelSink {
             store.set_pseudonyms(&pseudonyms);
         }
         self.commit()
+    }
+
+    /// Renders a view of the model; descriptions come from the store when one
+    /// keeps them.
+    pub fn render(&self, view: View, prefix: bool) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let described = matches!(view, View::Trajectory | View::Forensics);
+        match (&self.store, described) {
+            (Some(store), true) => {
+                let lines = if view == View::Trajectory {
+                    store.trajectory()
+                } else {
+                    store.forensics()
+                }
+                .map_err(|e| e.to_string())?;
+                for l in lines {
+                    out.extend_from_slice(&l);
+                    out.push(b'\n');
+                }
+            }
+            _ => render(&self.model, view, prefix, &mut out).map_err(|e| e.to_string())?,
+        }
+        Ok(out)
     }
 
     /// Gives the model back.

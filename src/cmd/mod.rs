@@ -1,8 +1,15 @@
 //! One module per subcommand; shared helpers for inputs and errors.
 
+pub mod archive;
 pub mod coefficients;
+pub mod console;
+pub mod diff;
+pub mod explain;
 pub mod modeling;
+pub mod process;
 pub mod pseudonym;
+pub mod rebuild;
+pub mod replay;
 pub mod run;
 pub mod show;
 pub mod sign;

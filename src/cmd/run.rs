@@ -74,6 +74,25 @@ pub struct RunArgs {
     /// Verdict protocol.
     #[arg(long, value_enum, default_value_t)]
     pub control_protocol: ProtocolArg,
+    /// Archive every record received into this directory (see `tsem-stream archive`).
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
+    /// zstd level of the archive.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub archive_level: i32,
+    /// Process mode: run a workload (a command, or your shell) in a new
+    /// modeling namespace and model it (the external trust orchestrator).
+    #[arg(short = 'P', long = "process", requires = "workload")]
+    pub process: bool,
+    /// Workload name (management socket and console name).
+    #[arg(short = 'w', long = "workload", value_name = "NAME")]
+    pub workload: Option<String>,
+    /// Directory of the management sockets.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/tsem-stream/mgmt")]
+    pub mgmt_dir: PathBuf,
+    /// The workload's command (process mode); default: $SHELL.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
     /// The namespace key for `--control-protocol key`.
     #[arg(long, value_name = "HEX", required_if_eq("control_protocol", "key"))]
     pub key: Option<String>,
@@ -180,8 +199,10 @@ pub fn finish(
     let model = outcome.sink.model();
     if let Some(path) = output {
         let text = if trajectory {
-            let mut t = Vec::new();
-            tsem_model::views::render(model, tsem_model::views::View::Trajectory, false, &mut t)?;
+            let t = outcome
+                .sink
+                .render(tsem_model::views::View::Trajectory, false)
+                .map_err(anyhow::Error::msg)?;
             String::from_utf8_lossy(&t).into_owned()
         } else {
             modelfile::write(model, false)
@@ -220,6 +241,9 @@ pub fn finish(
 
 /// `tsem-stream run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.process {
+        return super::process::run(args);
+    }
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
             (Some(root), Some(ns)) => {
@@ -249,7 +273,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         args.enforce,
         Outputs {
             verdicts,
-            tap: None,
+            tap: match &args.archive {
+                Some(dir) => Some(super::archive::tap_for(dir, args.archive_level)?),
+                None => None,
+            },
+            requests: None,
         },
         None,
     )?;
@@ -385,13 +413,10 @@ pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
     printer.out.flush()?;
     drop(printer);
     if let Some(path) = &args.forensics {
-        let mut text = Vec::new();
-        tsem_model::views::render(
-            outcome.sink.model(),
-            tsem_model::views::View::Forensics,
-            false,
-            &mut text,
-        )?;
+        let text = outcome
+            .sink
+            .render(tsem_model::views::View::Forensics, false)
+            .map_err(anyhow::Error::msg)?;
         write_file_atomically(path, &String::from_utf8_lossy(&text))?;
     }
     let code = finish(&outcome, None, false, args.summary)?;
