@@ -93,6 +93,23 @@ enum Command {
     Explain(cmd::explain::ExplainArgs),
     /// Model maintenance (`model rebuild`).
     Model(cmd::rebuild::RebuildArgs),
+    /// Measure throughput per worker count and sync latency per offered rate.
+    Bench(cmd::bench::BenchArgs),
+    /// Generate a large event corpus from real event lines (for load tests).
+    Generate {
+        /// Number of events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Share of events with a new task identity (model growth).
+        #[arg(long, default_value_t = 0.02)]
+        new_fraction: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Template event lines (default: the bundled conformance mix).
+        #[arg(long, value_name = "FILE")]
+        templates: Option<PathBuf>,
+    },
     /// Print the security state coefficient of each event line, in input order.
     Coefficients {
         /// Mapping profile.
@@ -144,6 +161,13 @@ fn main() -> ExitCode {
         Some(Command::Console(args)) => cmd::console::run(&args),
         Some(Command::Explain(args)) => cmd::explain::run(&args),
         Some(Command::Model(args)) => cmd::rebuild::run(&args),
+        Some(Command::Bench(args)) => cmd::bench::run(&args),
+        Some(Command::Generate {
+            events,
+            new_fraction,
+            seed,
+            templates,
+        }) => cmd::bench::generate_command(events, new_fraction, seed, templates.as_deref()),
         Some(Command::Coefficients {
             profile,
             pseudonyms,

@@ -2,6 +2,7 @@
 //! sequencer -> model/store, with verdicts to the kernel) and a kernel simulator.
 #![warn(missing_docs)]
 
+pub mod corpus;
 pub mod engine;
 pub mod sim;
 pub mod sink;

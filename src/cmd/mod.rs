@@ -1,6 +1,7 @@
 //! One module per subcommand; shared helpers for inputs and errors.
 
 pub mod archive;
+pub mod bench;
 pub mod coefficients;
 pub mod console;
 pub mod diff;
