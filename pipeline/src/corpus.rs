@@ -60,23 +60,28 @@ pub fn generate(templates: &[u8], spec: &CorpusSpec, out: &mut impl Write) -> io
         ));
     }
     let mut rng = Rng(spec.seed);
+    // Variants emitted so far: (template, generated task or 0 for the
+    // template's own). A repeat picks one of them again, so the number of
+    // distinct events is about templates + events * new_fraction.
+    let mut variants: Vec<(u32, u64)> = Vec::new();
     let mut tasks: u64 = 0;
     let mut written = 0;
     let mut hex = [0u8; 64];
     for _ in 0..spec.events {
-        let line = lines[rng.below(lines.len() as u64) as usize];
-        // Either the template's own task, or a generated one: a new one with
-        // probability new_fraction, else one generated before.
-        let task = if rng.chance(spec.new_fraction) {
+        let (template, task) = if rng.chance(spec.new_fraction) {
             tasks += 1;
-            Some(tasks)
-        } else if tasks > 0 && rng.chance(0.5) {
-            Some(1 + rng.below(tasks))
+            (rng.below(lines.len() as u64) as u32, tasks)
+        } else if !variants.is_empty() && rng.chance(0.5) {
+            variants[rng.below(variants.len() as u64) as usize]
         } else {
-            None
+            (rng.below(lines.len() as u64) as u32, 0)
         };
+        if task > 0 && variants.len() < 1 << 22 {
+            variants.push((template, task));
+        }
+        let line = lines[template as usize];
         match (task, find_task_id(line)) {
-            (Some(t), Some(at)) => {
+            (t, Some(at)) if t > 0 => {
                 let digest = tsem_model::Digest::of(&[&spec.seed.to_le_bytes(), &t.to_le_bytes()]);
                 digest.write_hex(&mut hex);
                 out.write_all(&line[..at])?;

@@ -41,6 +41,10 @@ pub trait RecordSource: Send {
     fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>>;
     /// The name used in messages (`FILE:LINE: …`).
     fn name(&self) -> &str;
+    /// Total bytes, when known in advance (for a progress bar).
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A regular file, memory-mapped: never idle, no copies, no syscalls per line.
@@ -77,6 +81,10 @@ impl MappedFile {
 }
 
 impl RecordSource for MappedFile {
+    fn size_hint(&self) -> Option<u64> {
+        Some(self.map.as_ref().map_or(0, |m| m.len() as u64))
+    }
+
     fn fetch(&mut self, _wait: bool) -> io::Result<Fetch<'_>> {
         let data: &[u8] = self.map.as_deref().unwrap_or(&[]);
         if self.pos >= data.len() {

@@ -36,6 +36,10 @@ pub struct ModelArgs {
     /// Memory-mapped model store directory (created if missing, reopened otherwise).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Do not keep event descriptions in memory (a long `run` that writes no
+    /// trajectory would otherwise grow with every new point).
+    #[arg(skip)]
+    pub drop_descriptions: bool,
 }
 
 /// How the pipeline runs.
@@ -109,6 +113,9 @@ impl ModelArgs {
         }
         for path in &self.pseudonym_paths {
             model.add_pseudonym(pseudonym_of(path.as_bytes()));
+        }
+        if self.drop_descriptions {
+            model.keep_descriptions(false);
         }
         Ok(model)
     }

@@ -1,7 +1,7 @@
 //! `tsem-stream run` (the default command), `learn` and `enforce`: events
 //! through the pipeline into a model.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -99,8 +99,12 @@ pub struct RunArgs {
 }
 
 /// Prints `FILE:LINE: what` for bad lines, in input order.
+/// and advances the progress bar of long file runs.
 struct ErrorReporter<'a> {
     inner: Option<&'a mut dyn Observer>,
+    progress: Option<indicatif::ProgressBar>,
+    bytes: u64,
+    lines: u64,
 }
 
 impl Observer for ErrorReporter<'_> {
@@ -113,7 +117,17 @@ impl Observer for ErrorReporter<'_> {
         outcome: Option<&Outcome>,
     ) -> io::Result<()> {
         if let Mapped::Error { message, .. } = mapped {
-            eprintln!("{source}:{number}: {message}");
+            match &self.progress {
+                Some(p) => p.suspend(|| eprintln!("{source}:{number}: {message}")),
+                None => eprintln!("{source}:{number}: {message}"),
+            }
+        }
+        if let Some(p) = &self.progress {
+            self.bytes += bytes.len() as u64 + 1;
+            self.lines += 1;
+            if self.lines % 16_384 == 0 {
+                p.set_position(self.bytes);
+            }
         }
         match &mut self.inner {
             Some(o) => o.line(source, number, bytes, mapped, outcome),
@@ -144,15 +158,37 @@ pub fn execute(
         model.seal();
     }
     let (mut sink, mapper) = model_args.sink(model)?;
-    let mut reporter = ErrorReporter { inner: observer };
-    match tsem_pipeline::run(
+    // A progress bar for long runs over files, on a terminal only.
+    let progress = source
+        .size_hint()
+        .filter(|&n| n >= 16 << 20 && io::stderr().is_terminal())
+        .map(|n| {
+            let bar = indicatif::ProgressBar::new(n);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+    let mut reporter = ErrorReporter {
+        inner: observer,
+        progress,
+        bytes: 0,
+        lines: 0,
+    };
+    let result = tsem_pipeline::run(
         source,
         mapper,
         &mut sink,
         outputs,
         &tuning.options(),
         &mut reporter,
-    ) {
+    );
+    if let Some(p) = &reporter.progress {
+        p.finish_and_clear();
+    }
+    match result {
         Ok(stats) => Ok(RunOutcome {
             sink,
             stats: Some(stats),
@@ -265,8 +301,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 _ => (open_input(args.input.as_ref())?, None),
             },
         };
+    let mut model_args = args.model.clone();
+    model_args.drop_descriptions = !args.trajectory;
     let outcome = execute(
-        &args.model,
+        &model_args,
         &args.tuning,
         source,
         false,
