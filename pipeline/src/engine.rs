@@ -315,12 +315,23 @@ pub fn run(
     let (pool_tx, pool_rx) = unbounded::<Batch>();
     let started = Instant::now();
 
+    let stage = || MapStage {
+        parser: Parser::new(options.max_record_len),
+        mapper: Arc::clone(&mapper),
+        policy: Arc::clone(&policy),
+        verdicts: verdicts.clone(),
+        shared: Arc::clone(&shared),
+        max_len: options.max_record_len,
+        stats: WorkerStats::default(),
+    };
+
     let reader = {
-        let shared = Arc::clone(&shared);
         let options = options.clone();
+        let inline = stage();
+        let done_tx = done_tx.clone();
         std::thread::Builder::new()
             .name("tsem-reader".into())
-            .spawn(move || read_stage(source, work_tx, pool_rx, &options, &shared))
+            .spawn(move || read_stage(source, work_tx, done_tx, pool_rx, &options, inline))
             .map_err(|e| PipelineError::Read {
                 source_name: source_name.clone(),
                 error: e,
@@ -336,26 +347,20 @@ pub fn run(
             error: io::Error::other(e.to_string()),
         })?;
     let dispatcher = {
-        let shared = Arc::clone(&shared);
-        let policy = Arc::clone(&policy);
-        let mapper = Arc::clone(&mapper);
-        let verdicts = verdicts.clone();
-        let max_len = options.max_record_len;
+        let stages: Vec<std::sync::Mutex<Option<MapStage>>> = (0..workers)
+            .map(|_| std::sync::Mutex::new(Some(stage())))
+            .collect();
         std::thread::Builder::new()
             .name("tsem-dispatch".into())
             .spawn(move || {
                 // Every pool thread runs the same long-lived worker loop: the
                 // pool size is the worker count, and the channel balances load.
-                pool.broadcast(|_| {
-                    work_stage(
-                        &work_rx,
-                        &done_tx,
-                        &mapper,
-                        &policy,
-                        verdicts.as_deref(),
-                        &shared,
-                        max_len,
-                    )
+                pool.broadcast(|ctx| {
+                    let stage = stages[ctx.index()].lock().ok().and_then(|mut s| s.take());
+                    match stage {
+                        Some(stage) => work_stage(&work_rx, &done_tx, stage),
+                        None => WorkerStats::default(),
+                    }
                 })
             })
             .map_err(|e| PipelineError::Read {
@@ -414,9 +419,12 @@ pub fn run(
     // Drain so that the reader and workers can finish after a stop.
     drop(pool_tx);
     while done_rx.recv().is_ok() {}
-    let read_result = reader
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")));
+    let (read_result, reader_stats) = reader.join().unwrap_or_else(|_| {
+        (
+            Err(io::Error::other("reader thread panicked")),
+            WorkerStats::default(),
+        )
+    });
     let worker_stats: Vec<WorkerStats> = dispatcher.join().unwrap_or_default();
     drop(tap_tx);
     let tap_result = tap_thread.map(|h| {
@@ -431,7 +439,7 @@ pub fn run(
         return Err(PipelineError::Read { source_name, error });
     }
     sink.commit().map_err(PipelineError::Store)?;
-    for w in &worker_stats {
+    for w in worker_stats.iter().chain([&reader_stats]) {
         stats.merge_worker(w);
     }
     stats.stalls = shared.stalls.load(Ordering::Relaxed);
@@ -445,11 +453,40 @@ pub fn run(
     Ok(stats)
 }
 
+/// A batch of at most this many lines, sent because the input went idle, is
+/// mapped on the reader thread itself and handed straight to the sequencer:
+/// a waiting task's verdict then costs no thread hand-off (the latency path),
+/// while full batches under load still spread over the workers.
+const INLINE_MAX_LINES: usize = 4;
+
 fn read_stage(
     mut source: Box<dyn RecordSource>,
     work_tx: Sender<Batch>,
+    done_tx: Sender<Batch>,
     pool_rx: Receiver<Batch>,
     options: &PipelineOptions,
+    mut inline: MapStage,
+) -> (io::Result<()>, WorkerStats) {
+    let shared = Arc::clone(&inline.shared);
+    let result = read_loop(
+        &mut *source,
+        &work_tx,
+        &done_tx,
+        &pool_rx,
+        options,
+        &mut inline,
+        &shared,
+    );
+    (result, inline.stats)
+}
+
+fn read_loop(
+    source: &mut dyn RecordSource,
+    work_tx: &Sender<Batch>,
+    done_tx: &Sender<Batch>,
+    pool_rx: &Receiver<Batch>,
+    options: &PipelineOptions,
+    inline: &mut MapStage,
     shared: &Shared,
 ) -> io::Result<()> {
     let mut seq = 0u64;
@@ -511,25 +548,22 @@ fn read_stage(
         }
         let full =
             batch.lines.len() >= options.batch_lines || batch.data.len() >= options.batch_bytes;
-        if !batch.lines.is_empty() && (full || matches!(fetched_kind(&fetched), Kind::Idle)) {
-            if !send(batch, &mut seq) {
+        let idle = matches!(fetched, Fetch::Idle);
+        if batch.lines.is_empty() || !(full || idle) {
+            continue;
+        }
+        if idle && batch.lines.len() <= INLINE_MAX_LINES {
+            inline.map_batch(&mut batch);
+            batch.seq = seq;
+            seq += 1;
+            if done_tx.send(batch).is_err() {
                 return Ok(());
             }
-            batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
-            batch.clear();
+        } else if !send(batch, &mut seq) {
+            return Ok(());
         }
-    }
-}
-
-enum Kind {
-    Idle,
-    Other,
-}
-
-fn fetched_kind(f: &Fetch<'_>) -> Kind {
-    match f {
-        Fetch::Idle => Kind::Idle,
-        _ => Kind::Other,
+        batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
+        batch.clear();
     }
 }
 
@@ -577,27 +611,35 @@ fn map_line(parser: &mut Parser, mapper: &Mapper, bytes: &[u8]) -> Mapped {
     })
 }
 
-fn work_stage(
-    work_rx: &Receiver<Batch>,
-    done_tx: &Sender<Batch>,
-    mapper: &Mapper,
-    policy: &RwLock<Arc<VerdictPolicy>>,
-    verdicts: Option<&VerdictWriter>,
-    shared: &Shared,
+/// What parsing and mapping needs, per thread: its own parser, shared mapper,
+/// verdict policy and writer.
+struct MapStage {
+    parser: Parser,
+    mapper: Arc<Mapper>,
+    policy: Arc<RwLock<Arc<VerdictPolicy>>>,
+    verdicts: Option<Arc<VerdictWriter>>,
+    shared: Arc<Shared>,
     max_len: usize,
-) -> WorkerStats {
-    let mut parser = Parser::new(max_len);
-    let mut stats = WorkerStats::default();
-    while let Ok(mut batch) = work_rx.recv() {
+    stats: WorkerStats,
+}
+
+impl MapStage {
+    /// Parses and maps every line of `batch`, answering synchronous events at once.
+    fn map_batch(&mut self, batch: &mut Batch) {
         let t0 = Instant::now();
-        let policy: Arc<VerdictPolicy> = policy.read().map(|p| Arc::clone(&p)).unwrap_or_default();
+        let policy: Arc<VerdictPolicy> = self
+            .policy
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default();
+        let max_len = self.max_len;
         let Batch {
             data,
             lines,
             results,
             read_at,
             ..
-        } = &mut batch;
+        } = batch;
         for l in lines.iter() {
             let mapped = if l.oversized > 0 {
                 Mapped::Error {
@@ -610,23 +652,33 @@ fn work_stage(
                 }
             } else {
                 map_line(
-                    &mut parser,
-                    mapper,
+                    &mut self.parser,
+                    &self.mapper,
                     &data[l.start as usize..(l.start + l.len) as usize],
                 )
             };
-            if let Some(v) = verdicts {
-                answer(v, &policy, &mapped, shared, &mut stats, *read_at);
+            if let Some(v) = &self.verdicts {
+                answer(v, &policy, &mapped, &self.shared, &mut self.stats, *read_at);
             }
             results.push(mapped);
         }
         let n = lines.len().max(1) as u64;
-        stats.record_map(t0.elapsed(), n);
+        self.stats.record_map(t0.elapsed(), n);
+    }
+}
+
+fn work_stage(
+    work_rx: &Receiver<Batch>,
+    done_tx: &Sender<Batch>,
+    mut stage: MapStage,
+) -> WorkerStats {
+    while let Ok(mut batch) = work_rx.recv() {
+        stage.map_batch(&mut batch);
         if done_tx.send(batch).is_err() {
             break;
         }
     }
-    stats
+    stage.stats
 }
 
 /// Writes the verdict an export record is owed, as soon as it is mapped.

@@ -49,8 +49,12 @@ pub fn load_pseudonyms(path: Option<&Path>) -> anyhow::Result<Pseudonyms> {
 
 /// The kernel's export file `external_tma/<id>` as a pipeline source (one
 /// record per read, ENODATA + poll when empty; a FIFO of a simulator works too).
-pub fn export_source(path: &Path) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+pub fn export_source(
+    path: &Path,
+    spin: std::time::Duration,
+) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
     let reader = tsem_ingest::export::ExportReader::open(path)
+        .map(|r| r.with_spin(spin))
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok(Box::new(tsem_pipeline::source::TimedSource::new(
         reader,

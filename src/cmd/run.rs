@@ -54,7 +54,8 @@ pub struct RunArgs {
     #[arg(long, requires = "input")]
     pub follow: bool,
     /// Root of the TSEM securityfs tree (e.g. /sys/kernel/security/tsem, or a simulator's).
-    #[arg(long, value_name = "DIR", requires = "namespace")]
+    /// (With -P the default is /sys/kernel/security/tsem; without, --namespace is needed.)
+    #[arg(long, value_name = "DIR")]
     pub tsem_root: Option<PathBuf>,
     /// Modeling namespace id whose export file `external_tma/ID` is read.
     #[arg(long, value_name = "ID")]
@@ -74,6 +75,10 @@ pub struct RunArgs {
     /// Verdict protocol.
     #[arg(long, value_enum, default_value_t)]
     pub control_protocol: ProtocolArg,
+    /// Microseconds to keep re-reading an empty export file before sleeping
+    /// in poll (lower verdict latency for bursts, some CPU after each burst).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 30)]
+    pub spin_us: u64,
     /// Archive every record received into this directory (see `tsem-stream archive`).
     #[arg(long, value_name = "DIR")]
     pub archive: Option<PathBuf>,
@@ -93,6 +98,13 @@ pub struct RunArgs {
     /// The workload's command (process mode); default: $SHELL.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    /// Process mode: the user namespace that translates ids in the events
+    /// (`external nsref=`); default: the kernel's (initial).
+    #[arg(long, value_enum, requires = "process")]
+    pub nsref: Option<super::process::NsRefArg>,
+    /// Process mode: the kernel's cache of atomic-context events (`external cache=N`).
+    #[arg(long, value_name = "N", requires = "process")]
+    pub cache: Option<u32>,
     /// The namespace key for `--control-protocol key`.
     #[arg(long, value_name = "HEX", required_if_eq("control_protocol", "key"))]
     pub key: Option<String>,
@@ -280,6 +292,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.process {
         return super::process::run(args);
     }
+    anyhow::ensure!(
+        args.tsem_root.is_none() || args.namespace.is_some(),
+        "--tsem-root needs --namespace ID (or -P to start a workload in a new namespace)"
+    );
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
             (Some(root), Some(ns)) => {
@@ -294,7 +310,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                     writer.command("enforce").context("writing enforce")?;
                 }
                 let export = root.join("external_tma").join(ns.to_string());
-                (super::export_source(&export)?, Some(Arc::new(writer)))
+                (
+                    super::export_source(&export, std::time::Duration::from_micros(args.spin_us))?,
+                    Some(Arc::new(writer)),
+                )
             }
             _ => match (&args.input, args.follow) {
                 (Some(path), true) => (super::follow_source(path)?, None),
