@@ -52,6 +52,29 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // Mapping alone: the parse happens outside the timed part.
+    for profile in [Profile::Quixote, Profile::Kernel] {
+        let mapper = Mapper::new(profile, Pseudonyms::new());
+        group.bench_function(format!("map/{profile}"), |b| {
+            let mut parser = Parser::default();
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    for (_, line) in Lines::new(&data) {
+                        let _ = parser.parse(line, |r| {
+                            if let Record::Event(v) = r {
+                                let t0 = std::time::Instant::now();
+                                let c = mapper.coefficient(&v);
+                                total += t0.elapsed();
+                                std::hint::black_box(c.ok());
+                            }
+                        });
+                    }
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 

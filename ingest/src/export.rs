@@ -203,7 +203,7 @@ impl Framer {
     pub(crate) fn frame(&mut self) -> Frame {
         let chunk = &self.buf[self.start..self.end];
         if let Some(seen) = self.skipping {
-            return match chunk.iter().position(|&b| b == b'\n') {
+            return match memchr::memchr(b'\n', chunk) {
                 Some(i) => {
                     self.skipping = None;
                     self.start += i + 1;
@@ -218,7 +218,7 @@ impl Framer {
             };
         }
         let from = self.scanned.max(self.start);
-        match self.buf[from..self.end].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &self.buf[from..self.end]) {
             Some(i) => {
                 let (s, e) = (self.start, from + i);
                 self.start = e + 1;

@@ -32,7 +32,7 @@ impl<'a> Iterator for Lines<'a> {
             return None;
         }
         self.number += 1;
-        let (line, rest) = match self.rest.iter().position(|&b| b == b'\n') {
+        let (line, rest) = match memchr::memchr(b'\n', self.rest) {
             Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
             None => (self.rest, &self.rest[self.rest.len()..]),
         };
@@ -85,7 +85,7 @@ impl<R: Read> LineReader<R> {
 
     /// True when a complete line is already buffered (the next call will not read).
     pub fn has_buffered_line(&self) -> bool {
-        self.buf[self.start..self.end].contains(&b'\n')
+        memchr::memchr(b'\n', &self.buf[self.start..self.end]).is_some()
     }
 
     /// The underlying stream (e.g. to poll its file descriptor).
@@ -125,7 +125,7 @@ impl<R: Read> LineReader<R> {
             }
             any = true;
             let chunk = &self.buf[self.start..self.end];
-            let (part, found) = match chunk.iter().position(|&b| b == b'\n') {
+            let (part, found) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (&chunk[..i], Some(i)),
                 None => (chunk, None),
             };

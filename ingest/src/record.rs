@@ -298,7 +298,7 @@ impl Parser {
             });
         }
         self.input.clear();
-        if line.contains(&b'\\') {
+        if memchr::memchr(b'\\', line).is_some() {
             copy_with_quixote_escapes(line, &mut self.input);
         } else {
             self.input.extend_from_slice(line);
@@ -309,11 +309,45 @@ impl Parser {
         let result =
             match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
                 Ok(()) => classify(tape.as_value()).map(f),
-                Err(e) => Err(ParseError::Json(e.to_string())),
+                Err(e) => Err(ParseError::Json(diagnose(line, &e))),
             };
         self.tape = Some(tape.reset());
         result
     }
+}
+
+/// A precise message for a line simd-json refused: its own positions are
+/// coarse for some errors (UTF-8 and stage-1 failures report offset 0).
+fn diagnose(line: &[u8], error: &simd_json::Error) -> String {
+    if let Err(e) = std::str::from_utf8(line) {
+        return format!("invalid UTF-8 at byte {}", e.valid_up_to());
+    }
+    if let Some(at) = line.iter().position(|&b| b < 0x20 && b != b'\t') {
+        return format!(
+            "raw control character 0x{:02x} at byte {at} (JSON requires it escaped)",
+            line[at]
+        );
+    }
+    let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+    for &b in line {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => depth += 1,
+            (false, _, b'}' | b']') => depth -= 1,
+            _ => {}
+        }
+    }
+    if in_string || depth > 0 {
+        return format!(
+            "truncated record ({} unclosed bracket(s){})",
+            depth.max(0),
+            if in_string { ", open string" } else { "" }
+        );
+    }
+    error.to_string()
 }
 
 fn classify<'a>(root: Value<'a, 'a>) -> Result<Record<'a>, ParseError> {

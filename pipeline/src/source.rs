@@ -91,7 +91,7 @@ impl RecordSource for MappedFile {
             return Ok(Fetch::End);
         }
         let rest = &data[self.pos..];
-        let (line, advance) = match rest.iter().position(|&b| b == b'\n') {
+        let (line, advance) = match memchr::memchr(b'\n', rest) {
             Some(i) => (&rest[..i], i + 1),
             None => (rest, rest.len()),
         };
@@ -209,7 +209,7 @@ impl RecordSource for MemorySource {
             return Ok(Fetch::End);
         }
         let rest = &self.data[self.pos..];
-        let (end, advance) = match rest.iter().position(|&b| b == b'\n') {
+        let (end, advance) = match memchr::memchr(b'\n', rest) {
             Some(i) => (i, i + 1),
             None => (rest.len(), rest.len()),
         };
