@@ -4,6 +4,8 @@
 
 pub mod corpus;
 pub mod engine;
+pub mod mgmt;
+pub mod orchestrate;
 pub mod sim;
 pub mod sink;
 pub mod source;

@@ -9,11 +9,21 @@
 //! exactly once, and the time from sending an event to reading its verdict
 //! is recorded. Like a real kernel, whose tasks sleep until released, it
 //! never has more than `max_outstanding` synchronous events unanswered.
+//!
+//! With [`SimOptions::wait_external`] it also plays the namespace's birth
+//! and life (process mode, spec §7): the tree starts without an export file
+//! and `id` reads `0` (the root namespace); when a TMA writes `external …`
+//! to `control`, the simulator creates `external_tma/<id>`, rewrites `id` in
+//! place with the new id (the kernel answers `id` per caller; a TMA's child
+//! re-reads the file until it changes), and replays the events as that
+//! namespace's while the workload runs. The export file then stays open,
+//! like the kernel's, until the TMA closes it (its workload has ended).
 
 mod fifo;
 mod ledger;
 mod rewrite;
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -57,6 +67,10 @@ pub struct SimOptions {
     pub linger: Duration,
     /// Longer input lines are skipped.
     pub max_record_len: usize,
+    /// Process mode: create the namespace only when a TMA writes `external …`
+    /// to `control` (waiting at most `open_timeout`), and keep its export
+    /// file open after the events until the TMA closes it.
+    pub wait_external: bool,
 }
 
 impl SimOptions {
@@ -76,6 +90,7 @@ impl SimOptions {
             open_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(200),
             max_record_len: DEFAULT_MAX_RECORD_LEN,
+            wait_external: false,
         }
     }
 }
@@ -132,6 +147,38 @@ pub struct SimReport {
     pub offered_rate: Option<f64>,
     /// Events per second between the first and the last event sent.
     pub achieved_rate: f64,
+    /// The `external …` command that created the namespace (`wait_external`
+    /// mode), `null` otherwise.
+    pub external: Option<ExternalCommand>,
+}
+
+/// An `external …` command as the simulator received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExternalCommand {
+    /// The command line, e.g. `external nsref=current digest=sha256`.
+    pub command: String,
+    /// Its `key=value` options (a word without `=` maps to an empty value).
+    pub options: BTreeMap<String, String>,
+}
+
+impl ExternalCommand {
+    /// Parses a command line; `None` when it is not an `external` command.
+    pub fn parse(line: &str) -> Option<ExternalCommand> {
+        let mut words = line.split_ascii_whitespace();
+        if words.next() != Some("external") {
+            return None;
+        }
+        let options = words
+            .map(|w| match w.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (w.to_owned(), String::new()),
+            })
+            .collect();
+        Some(ExternalCommand {
+            command: line.to_owned(),
+            options,
+        })
+    }
 }
 
 /// Why the simulation could not run.
@@ -168,6 +215,14 @@ pub enum SimError {
     /// The control reader thread died.
     #[error("the control reader failed: {0}")]
     Control(String),
+    /// No TMA asked for a namespace (`wait_external`).
+    #[error("no `external` command arrived on {} within {waited:?}", path.display())]
+    NoExternal {
+        /// The control FIFO.
+        path: PathBuf,
+        /// The time waited.
+        waited: Duration,
+    },
 }
 
 /// Runs one simulation: creates the tree, waits for a TMA, sends the events,
@@ -180,7 +235,14 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
             what: format!("opening {}", opts.events.display()),
             source,
         })?;
-    let tree = fifo::create_tree(&opts.tsem_root, opts.namespace, &aggregate)?;
+    let tree = if opts.wait_external {
+        // `id` answers for the caller: the root namespace until it asks for one.
+        fifo::create_host(&opts.tsem_root, opts.namespace, 0, &aggregate)?
+    } else {
+        let tree = fifo::create_host(&opts.tsem_root, opts.namespace, opts.namespace, &aggregate)?;
+        fifo::create_export(&tree)?;
+        tree
+    };
     let control = fifo::open_control(&tree.control)?;
     let ledger = Arc::new(Ledger::new());
     let stop = Arc::new(Stop {
@@ -199,15 +261,41 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     };
     // The export FIFO is closed when `send` returns, so the TMA sees the end
     // of input and can close `control`, which ends the reader.
-    let sent = send(opts, &tree, &aggregate, &mut source, &ledger);
+    let sent = create_namespace(opts, &tree, &ledger).and_then(|external| {
+        send(opts, &tree, &aggregate, &mut source, &ledger).map(|sent| (sent, external))
+    });
     stop.ending.store(true, Ordering::Release);
     let control_result = reader.join();
-    let sent = sent?;
+    let (sent, external) = sent?;
     match control_result {
         Ok(r) => r?,
         Err(_) => return Err(SimError::Control("the thread panicked".into())),
     }
-    Ok(report(opts, &sent, &ledger))
+    let mut report = report(opts, &sent, &ledger);
+    report.external = external;
+    Ok(report)
+}
+
+/// `wait_external` mode: waits for `external …` on `control`, then creates
+/// the export FIFO and publishes the namespace id.
+fn create_namespace(
+    opts: &SimOptions,
+    tree: &Tree,
+    ledger: &Ledger,
+) -> Result<Option<ExternalCommand>, SimError> {
+    if !opts.wait_external {
+        return Ok(None);
+    }
+    let line = ledger
+        .wait_for_command(|c| ExternalCommand::parse(c).is_some(), opts.open_timeout)
+        .ok_or_else(|| SimError::NoExternal {
+            path: tree.control.clone(),
+            waited: opts.open_timeout,
+        })?;
+    // The FIFO first: a TMA that sees the new id opens it at once.
+    fifo::create_export(tree)?;
+    fifo::write_id(tree, opts.namespace)?;
+    Ok(ExternalCommand::parse(&line))
 }
 
 /// Validates the options; returns the aggregate to use.
@@ -226,6 +314,9 @@ fn check(opts: &SimOptions) -> Result<String, SimError> {
     }
     if opts.max_outstanding == 0 {
         return bad("max outstanding must be at least 1".into());
+    }
+    if opts.wait_external && opts.namespace == 0 {
+        return bad("the namespace of a workload cannot be 0 (the root namespace)".into());
     }
     let aggregate = opts.aggregate.clone().unwrap_or_else(|| "0".repeat(64));
     if aggregate.is_empty()
@@ -372,6 +463,9 @@ fn send(
     }
     ledger.drain(opts.verdict_timeout);
     s.drained = Some(Instant::now());
+    if opts.wait_external {
+        fifo::hold_until_reader_closes(&export)?;
+    }
     Ok(s)
 }
 
@@ -421,6 +515,7 @@ fn report(opts: &SimOptions, s: &Sent, ledger: &Ledger) -> SimReport {
         emit_s,
         offered_rate: opts.rate,
         achieved_rate,
+        external: None,
     }
 }
 
@@ -454,5 +549,26 @@ mod tests {
         o.rate = None;
         o.aggregate = Some("xyz".into());
         assert!(matches!(check(&o), Err(SimError::Options(_))));
+        o.aggregate = None;
+        o.wait_external = true;
+        o.namespace = 0;
+        assert!(matches!(check(&o), Err(SimError::Options(_))));
+    }
+
+    #[test]
+    fn external_commands_parse() {
+        let c =
+            ExternalCommand::parse("external nsref=current digest=sha256 cache=96 odd").unwrap();
+        assert_eq!(
+            c.command,
+            "external nsref=current digest=sha256 cache=96 odd"
+        );
+        assert_eq!(c.options["nsref"], "current");
+        assert_eq!(c.options["digest"], "sha256");
+        assert_eq!(c.options["cache"], "96");
+        assert_eq!(c.options["odd"], "");
+        assert_eq!(ExternalCommand::parse("external").unwrap().options.len(), 0);
+        assert!(ExternalCommand::parse("externally").is_none());
+        assert!(ExternalCommand::parse("enforce").is_none());
     }
 }

@@ -1,10 +1,237 @@
-//! `tsem-stream run -P`: the external trust orchestrator in process mode (being implemented).
+//! `tsem-stream run -P -w NAME [-- COMMAND...]`: the external trust
+//! orchestrator in process mode (spec §7, like `quixote-us -P`). It starts
+//! the workload in a new externally modeled namespace, models its events
+//! until it exits, serves the management socket meanwhile, writes the model
+//! and exits with the workload's status.
 
+use std::io;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::run::RunArgs;
+use anyhow::Context;
+use clap::ValueEnum;
+use tsem_ingest::export::ExportReader;
+use tsem_ingest::ExportKind;
+use tsem_model::Outcome;
+use tsem_pipeline::mgmt::{self, Endpoint};
+use tsem_pipeline::orchestrate::{
+    self, ExternalOptions, LaunchOptions, NsRef, WorkloadHandle, WorkloadSource,
+};
+use tsem_pipeline::{ControlProtocol, Mapped, Observer, Outputs, PipelineError, VerdictWriter};
 
-/// Runs a workload in a new modeling namespace and models it.
-pub fn run(_args: &RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("process mode is not implemented yet")
+use super::run::{finish, ProtocolArg, RunArgs, RunOutcome};
+
+/// Where TSEM's securityfs tree is.
+const DEFAULT_TSEM_ROOT: &str = "/sys/kernel/security/tsem";
+
+/// How long a workload gets to end after SIGTERM before SIGKILL, when the
+/// orchestrator cannot go on (its synchronous events could not be answered).
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+
+/// `--nsref` of process mode.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum NsRefArg {
+    /// The initial user namespace (the kernel's default).
+    Initial,
+    /// The user namespace of the workload.
+    Current,
+}
+
+/// The workload's command line: the command after `--`, else the user's
+/// shell (`$SHELL`, or `/bin/sh`).
+fn workload_argv(command: &[String]) -> Vec<String> {
+    if !command.is_empty() {
+        return command.to_vec();
+    }
+    let shell = std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".to_owned());
+    vec![shell]
+}
+
+/// Reports bad lines (like `run`) and applies spec §7 to asynchronous
+/// events: a violation in atomic context under `-e` ends the workload (the
+/// engine has already written `untrusted` for it).
+struct ProcessObserver {
+    workload: WorkloadHandle,
+    enforcing: bool,
+    terminated: bool,
+}
+
+impl Observer for ProcessObserver {
+    fn line(
+        &mut self,
+        source: &str,
+        number: u64,
+        _bytes: &[u8],
+        mapped: &Mapped,
+        outcome: Option<&Outcome>,
+    ) -> io::Result<()> {
+        match mapped {
+            Mapped::Error { message, .. } => eprintln!("{source}:{number}: {message}"),
+            Mapped::Event {
+                kind: Some(ExportKind::AsyncEvent),
+                ..
+            } if self.enforcing && !self.terminated && outcome.is_some_and(|o| o.violation) => {
+                eprintln!(
+                    "tsem-stream: {source}:{number}: security violation in atomic context, \
+                     terminating the workload"
+                );
+                self.workload.terminate();
+                self.terminated = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `tsem-stream run -P`.
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let name = args
+        .workload
+        .as_deref()
+        .context("process mode needs a workload name (-w NAME)")?;
+    anyhow::ensure!(
+        args.namespace.is_none(),
+        "-P creates the workload's namespace; --namespace is for an existing one"
+    );
+    anyhow::ensure!(
+        args.input.is_none(),
+        "-P models the workload's events; --input cannot be used with it"
+    );
+    let root = args
+        .tsem_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TSEM_ROOT));
+    let (protocol, key) = match args.control_protocol {
+        ProtocolArg::Tnum => (ControlProtocol::Tnum, None),
+        ProtocolArg::Key => {
+            let key = args.key.clone().unwrap_or_default();
+            (ControlProtocol::Key(key.clone()), Some(key))
+        }
+    };
+    let external = ExternalOptions {
+        nsref: args.nsref.map(|n| match n {
+            NsRefArg::Initial => NsRef::Initial,
+            NsRefArg::Current => NsRef::Current,
+        }),
+        // The events are modeled with SHA-256 whatever the kernel's default.
+        digest: Some("sha256".into()),
+        cache: args.cache,
+        key,
+    }
+    .command()?;
+
+    // Everything that can fail for a reason of its own is done before the
+    // namespace exists: the model, the control file, the socket name.
+    let mut model = args.model.build_model(false)?;
+    if args.enforce {
+        model.set_enforcing(true);
+    }
+    let (mut sink, mapper) = args.model.sink(model)?;
+    let control = root.join("control");
+    let writer = VerdictWriter::open(&control, protocol)
+        .with_context(|| format!("cannot open {}", control.display()))?;
+    let endpoint = Endpoint::bind(&args.mgmt_dir, name)?;
+
+    // No thread may exist before this point (the child of a fork may only
+    // allocate when the parent had a single thread).
+    let launched = orchestrate::launch(&LaunchOptions::new(
+        &root,
+        external,
+        workload_argv(&args.command),
+    ))?;
+    let export = root
+        .join("external_tma")
+        .join(launched.namespace().to_string());
+    // Dropping `launched` on an error below ends the waiting child.
+    let reader = ExportReader::open(&export)
+        .map(|r| r.with_spin(Duration::from_micros(args.spin_us)))
+        .with_context(|| format!("cannot open {}", export.display()))?;
+    if args.enforce {
+        writer.command("enforce").context("writing enforce")?;
+    }
+    let monitor = launched.release()?;
+
+    let (req_tx, req_rx) = mgmt::request_channel();
+    // From here on, a failure must not leave the workload running unmodeled.
+    let setup = || -> anyhow::Result<_> {
+        let server = endpoint.serve(req_tx)?;
+        let tap = args
+            .archive
+            .as_ref()
+            .map(|dir| super::archive::tap_for(dir, args.archive_level))
+            .transpose()?;
+        Ok((server, tap))
+    };
+    let (server, tap) = match setup() {
+        Ok(v) => v,
+        Err(e) => {
+            monitor.terminate(TERMINATE_GRACE);
+            return Err(e);
+        }
+    };
+
+    let source = Box::new(WorkloadSource::new(
+        reader,
+        export.display().to_string(),
+        monitor.exited_flag(),
+    ));
+    let mut observer = ProcessObserver {
+        workload: monitor.handle(),
+        enforcing: args.enforce,
+        terminated: false,
+    };
+    let result = tsem_pipeline::run(
+        source,
+        mapper,
+        &mut sink,
+        Outputs {
+            verdicts: Some(Arc::new(writer)),
+            tap,
+            requests: Some(req_rx.clone()),
+        },
+        &args.tuning.options(),
+        &mut observer,
+    );
+    let (stats, stopped_on_error, failure) = match result {
+        Ok(stats) => (Some(stats), false, None),
+        // Already reported by the observer, in order.
+        Err(PipelineError::BadLine { .. }) => (None, true, None),
+        Err(e) => (None, false, Some(e)),
+    };
+    if stopped_on_error || failure.is_some() {
+        // Nobody answers the workload's events any more.
+        eprintln!("tsem-stream: modeling stopped, terminating the workload {name}");
+        monitor.terminate(TERMINATE_GRACE);
+    }
+    // The console keeps working until the workload has ended.
+    let exit =
+        mgmt::answer_until(&req_rx, &mut sink, monitor.exits()).unwrap_or_else(|| monitor.wait());
+    server.shutdown();
+    if let Err(e) = sink.commit() {
+        eprintln!("tsem-stream: store: {e}");
+    }
+    let outcome = RunOutcome {
+        sink,
+        stats,
+        stopped_on_error,
+    };
+    let code = finish(
+        &outcome,
+        args.output.as_ref(),
+        args.trajectory,
+        args.summary,
+    )?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if stopped_on_error {
+        return Ok(code);
+    }
+    Ok(ExitCode::from(exit.code()))
 }

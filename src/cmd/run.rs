@@ -137,7 +137,7 @@ impl Observer for ErrorReporter<'_> {
         if let Some(p) = &self.progress {
             self.bytes += bytes.len() as u64 + 1;
             self.lines += 1;
-            if self.lines % 16_384 == 0 {
+            if self.lines.is_multiple_of(16_384) {
                 p.set_position(self.bytes);
             }
         }

@@ -34,6 +34,11 @@ pub struct SimArgs {
     /// Most synchronous events waiting at once.
     #[arg(long, default_value_t = 64)]
     pub max_outstanding: usize,
+    /// Process mode: create the namespace when a TMA writes `external` to
+    /// `control` (`id` reads 0 until then), and keep its export file open
+    /// until the TMA closes it.
+    #[arg(long)]
+    pub wait_external: bool,
 }
 
 /// Runs the simulator and prints its JSON report; exit 1 when a synchronous
@@ -46,6 +51,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     opts.aggregate = args.aggregate.clone();
     opts.verdict_timeout = Duration::from_secs_f64(args.verdict_timeout);
     opts.max_outstanding = args.max_outstanding;
+    opts.wait_external = args.wait_external;
     let report = sim::run(&opts)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(

@@ -34,6 +34,8 @@ const MAX_COMMAND: usize = 4096;
 pub struct Tree {
     /// `<root>/control`.
     pub control: PathBuf,
+    /// `<root>/id`.
+    pub id: PathBuf,
     /// `<root>/external_tma/<id>`.
     pub export: PathBuf,
 }
@@ -57,26 +59,71 @@ fn make_fifo(path: &Path) -> Result<(), SimError> {
         .map_err(|e| io_err(format!("creating FIFO {}", path.display()))(e.into()))
 }
 
-/// Creates `<root>/{control,id,aggregate,external_tma/<id>}`.
-pub fn create_tree(root: &Path, namespace: u64, aggregate: &str) -> Result<Tree, SimError> {
+/// Creates `<root>/{control,id,aggregate}` and the `external_tma`
+/// directory; `id` reads `shown_id`. The export FIFO of `namespace` comes
+/// with [`create_export`].
+pub fn create_host(
+    root: &Path,
+    namespace: u64,
+    shown_id: u64,
+    aggregate: &str,
+) -> Result<Tree, SimError> {
     let ext = root.join("external_tma");
     std::fs::create_dir_all(&ext).map_err(io_err(format!("creating {}", ext.display())))?;
     let tree = Tree {
         control: root.join("control"),
+        id: root.join("id"),
         export: ext.join(namespace.to_string()),
     };
-    make_fifo(&tree.control)?;
-    make_fifo(&tree.export)?;
-    for (name, text) in [
-        ("id", namespace.to_string()),
-        ("aggregate", aggregate.to_owned()),
+    // A stale export FIFO of an earlier run must not be taken for a new namespace.
+    remove_stale(&tree.export)?;
+    for (path, text) in [
+        (tree.id.clone(), shown_id.to_string()),
+        (root.join("aggregate"), aggregate.to_owned()),
     ] {
-        let path = root.join(name);
         remove_stale(&path)?;
         std::fs::write(&path, format!("{text}\n"))
             .map_err(io_err(format!("writing {}", path.display())))?;
     }
+    // `control` last: once it exists, the rest of the tree does too.
+    make_fifo(&tree.control)?;
     Ok(tree)
+}
+
+/// Creates the export FIFO `external_tma/<id>`.
+pub fn create_export(tree: &Tree) -> Result<(), SimError> {
+    make_fifo(&tree.export)
+}
+
+/// Rewrites `id` in place (same inode: a reader that keeps the file open
+/// and reads from offset 0 sees the new value; between the truncation and
+/// the write it may read nothing, and reads again).
+pub fn write_id(tree: &Tree, namespace: u64) -> Result<(), SimError> {
+    std::fs::write(&tree.id, format!("{namespace}\n"))
+        .map_err(io_err(format!("writing {}", tree.id.display())))
+}
+
+/// Keeps the export FIFO open until its reader has closed it, as the
+/// kernel keeps a namespace's export file while the namespace lives.
+pub fn hold_until_reader_closes(export: &File) -> Result<(), SimError> {
+    loop {
+        // No events asked for: POLLERR (no reader left) is always reported.
+        let mut fds = [PollFd::new(export.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::from(50u8)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {
+                let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+                if fds[0].revents().is_some_and(|r| r.intersects(gone)) {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                return Err(io_err(
+                    "waiting for the TMA to close the export FIFO".into(),
+                )(e.into()))
+            }
+        }
+    }
 }
 
 fn set_blocking(file: &File, blocking: bool) -> io::Result<()> {

@@ -218,6 +218,26 @@ impl Ledger {
         }
     }
 
+    /// Waits at most `timeout` for a non-verdict command that `matches`;
+    /// returns the first such command received.
+    pub fn wait_for_command(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.lock();
+        loop {
+            if let Some(c) = st.tally.commands.iter().find(|c| matches(c)) {
+                return Some(c.clone());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            st = self.wait(st, deadline);
+        }
+    }
+
     /// Waits until no event is pending (each gets `timeout` from its sending).
     pub fn drain(&self, timeout: Duration) {
         let mut st = self.lock();
@@ -344,6 +364,35 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn commands_are_awaited() {
+        let l = Arc::new(Ledger::new());
+        let t0 = Instant::now();
+        assert_eq!(
+            l.wait_for_command(|c| c.starts_with("external"), Duration::from_millis(20)),
+            None
+        );
+        let l2 = Arc::clone(&l);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            l2.apply(
+                [
+                    Command::Other("enforce".into()),
+                    Command::Other("external cache=4".into()),
+                ],
+                Instant::now(),
+            );
+        });
+        assert_eq!(
+            l.wait_for_command(|c| c.starts_with("external"), Duration::from_secs(10))
+                .as_deref(),
+            Some("external cache=4")
+        );
+        writer.join().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn commands_parse() {
