@@ -198,6 +198,19 @@ pub enum ModelRequest {
     },
 }
 
+/// Several taps fed from one: each batch goes to every tap in turn (the
+/// archive and a publisher, say). The first failure stops the run.
+pub struct TeeTap(pub Vec<Box<dyn LineTap>>);
+
+impl LineTap for TeeTap {
+    fn write_batch(&mut self, batch: &TapBatch<'_>) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|t| t.write_batch(batch))
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|t| t.finish())
+    }
+}
+
 /// Where the pipeline's results go besides the model.
 #[derive(Default)]
 pub struct Outputs {

@@ -14,7 +14,7 @@ pub mod verdict;
 
 pub use engine::{
     run, ErrorPolicy, LineTap, Mapped, ModelRequest, NoObserver, Observer, Outputs, PipelineError,
-    PipelineOptions, TapBatch, VerdictPolicy,
+    PipelineOptions, TapBatch, TeeTap, VerdictPolicy,
 };
 pub use sink::ModelSink;
 pub use source::{Fetch, RecordSource};
