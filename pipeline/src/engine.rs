@@ -429,9 +429,14 @@ pub fn run(
     if result.is_err() {
         shared.stop.store(true, Ordering::SeqCst);
     }
-    // Drain so that the reader and workers can finish after a stop.
+    // After a stop, hand drained arenas back so that a reader waiting for one
+    // wakes up, sees the stop and ends; then the workers end too.
+    drop(tap_tx);
+    while let Ok(mut batch) = done_rx.recv() {
+        batch.clear();
+        let _ = pool_tx.send(batch);
+    }
     drop(pool_tx);
-    while done_rx.recv().is_ok() {}
     let (read_result, reader_stats) = reader.join().unwrap_or_else(|_| {
         (
             Err(io::Error::other("reader thread panicked")),
@@ -439,7 +444,6 @@ pub fn run(
         )
     });
     let worker_stats: Vec<WorkerStats> = dispatcher.join().unwrap_or_default();
-    drop(tap_tx);
     let tap_result = tap_thread.map(|h| {
         h.join()
             .unwrap_or_else(|_| Err(io::Error::other("archive thread panicked")))
@@ -503,7 +507,26 @@ fn read_loop(
     shared: &Shared,
 ) -> io::Result<()> {
     let mut seq = 0u64;
-    let mut batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
+    // Memory is bounded by the number of batch arenas: once `max_batches`
+    // exist, the reader waits for one to come back (from the sequencer or the
+    // archive tap) instead of allocating, and stops reading: back-pressure
+    // reaches the kernel's queue, where waiting events cost us nothing.
+    let max_batches = 2 * options.queue_depth.max(1) + 8;
+    let mut allocated = 0usize;
+    let next_batch = |allocated: &mut usize| -> Option<Batch> {
+        if let Ok(b) = pool_rx.try_recv() {
+            return Some(b);
+        }
+        if *allocated < max_batches {
+            *allocated += 1;
+            return Some(Batch::new());
+        }
+        shared.stalls.fetch_add(1, Ordering::Relaxed);
+        pool_rx.recv().ok()
+    };
+    let Some(mut batch) = next_batch(&mut allocated) else {
+        return Ok(());
+    };
     let send = |mut b: Batch, seq: &mut u64| -> bool {
         b.seq = *seq;
         *seq += 1;
@@ -575,7 +598,10 @@ fn read_loop(
         } else if !send(batch, &mut seq) {
             return Ok(());
         }
-        batch = pool_rx.try_recv().unwrap_or_else(|_| Batch::new());
+        batch = match next_batch(&mut allocated) {
+            Some(b) => b,
+            None => return Ok(()),
+        };
         batch.clear();
     }
 }
