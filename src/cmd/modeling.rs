@@ -33,6 +33,9 @@ pub struct ModelArgs {
     /// Model file to load first.
     #[arg(short = 'm', long = "model", value_name = "MODEL")]
     pub model: Option<PathBuf>,
+    /// Refuse a model file that is not signed (`key` + verified `signature`).
+    #[arg(long, requires = "model")]
+    pub require_signed: bool,
     /// Memory-mapped model store directory (created if missing, reopened otherwise).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
@@ -103,7 +106,14 @@ impl ModelArgs {
         }
         if let Some(path) = &self.model {
             let text = read_model_file(path)?;
-            modelfile::load(&text, &mut model).with_context(|| format!("{}", path.display()))?;
+            let report = modelfile::load(&text, &mut model)
+                .with_context(|| format!("{}", path.display()))?;
+            if self.require_signed && !report.signed {
+                bail!(
+                    "{}: the model is not signed (--require-signed)",
+                    path.display()
+                );
+            }
             if unseal {
                 model.unseal();
             }
