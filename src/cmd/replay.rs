@@ -1,14 +1,83 @@
-//! `tsem-stream replay` (being implemented).
+//! `tsem-stream replay`: an archive (or an event file) through the pipeline
+//! exactly as its records came from the kernel, into the same models,
+//! measurements and states as the original run.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+use tsem_archive::{Archive, ArchiveSource};
+use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+use tsem_pipeline::{Outputs, RecordSource};
+
+use super::modeling::{ModelArgs, RunTuning};
+use super::run::{execute, finish, open_input, SummaryFormat};
 
 /// Options of `replay`.
 #[derive(Args, Clone, Debug)]
-pub struct ReplayArgs {}
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub tuning: RunTuning,
+    /// Seal the model first, as `run -e` does (needs a model, -m); nothing is
+    /// written to any kernel.
+    #[arg(short = 'e', long, requires = "model")]
+    pub enforce: bool,
+    /// Write the model here at the end.
+    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
+    pub output: Option<PathBuf>,
+    /// With -o, write the trajectory (event descriptions) instead of the model.
+    #[arg(short = 't', requires = "output")]
+    pub trajectory: bool,
+    /// Print a summary (default: text, when neither -o nor --store is given).
+    #[arg(long, value_enum)]
+    pub summary: Option<SummaryFormat>,
+    /// Leave out an archive's open segment (records not yet sealed into its chain).
+    #[arg(long)]
+    pub sealed_only: bool,
+    /// An archive directory or an event file (`-` for standard input).
+    pub input: PathBuf,
+}
+
+/// The records of `input`: an archive's, in sequence order (line numbers are
+/// sequence numbers), or an event file's.
+pub fn source_of(input: &PathBuf, sealed_only: bool) -> anyhow::Result<Box<dyn RecordSource>> {
+    if input.is_dir() {
+        let archive =
+            Archive::open(input).with_context(|| format!("archive {}", input.display()))?;
+        if let (Some(name), false) = (archive.open_segment(), sealed_only) {
+            eprintln!(
+                "tsem-stream: {}: replaying the open segment {name} too (records not yet sealed into the chain)",
+                input.display()
+            );
+        }
+        return Ok(Box::new(
+            ArchiveSource::new(archive, DEFAULT_MAX_RECORD_LEN).sealed_only(sealed_only),
+        ));
+    }
+    open_input(Some(input))
+}
 
 /// Runs the command.
-pub fn run(_args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("replay is not implemented yet")
+pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let source = source_of(&args.input, args.sealed_only)?;
+    let outcome = execute(
+        &args.model,
+        &args.tuning,
+        source,
+        false,
+        args.enforce,
+        Outputs::default(),
+        None,
+    )?;
+    let summary = args
+        .summary
+        .or(if args.output.is_none() && args.model.store.is_none() {
+            Some(SummaryFormat::Text)
+        } else {
+            None
+        });
+    finish(&outcome, args.output.as_ref(), args.trajectory, summary)
 }
