@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod digest;
+pub mod explain;
 mod fields;
 mod kernel;
 pub mod modelfile;

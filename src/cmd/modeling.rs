@@ -133,11 +133,29 @@ impl ModelArgs {
     /// The model wrapped in a sink (with its store when `--store` is given), and
     /// the mapper for its profile and pseudonyms.
     pub fn sink(&self, model: Model) -> anyhow::Result<(ModelSink, Arc<Mapper>)> {
+        let requested = model.pseudonyms().clone();
         let sink = match &self.store {
             Some(dir) => ModelSink::with_store(model, dir)
                 .with_context(|| format!("store {}", dir.display()))?,
             None => ModelSink::new(model),
         };
+        // A reopened store keeps its own pseudonyms. Adding one now would not
+        // change the points it learned without it, so refuse rather than
+        // silently model with a pseudonym set the user did not ask for.
+        if let (Some(dir), Some(p)) = (
+            &self.store,
+            requested
+                .iter()
+                .find(|p| !sink.model().pseudonyms().contains(p)),
+        ) {
+            bail!(
+                "store {}: it was learned without pseudonym {p}; a pseudonym cannot be added \
+                 to learned points: rebuild instead (tsem-stream model rebuild --from {} \
+                 --pseudonym PATH -o MODEL)",
+                dir.display(),
+                dir.display()
+            );
+        }
         let m = sink.model();
         let mapper = Arc::new(Mapper::new(m.profile(), m.pseudonyms().clone()));
         Ok((sink, mapper))
