@@ -352,3 +352,53 @@ fn the_bundled_example_runs_with_no_arguments() {
     assert_eq!(s["events"], 109);
     assert_eq!(s["errors"], 0);
 }
+
+#[test]
+fn enforcing_over_an_existing_store_seals_its_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let model = dir.path().join("model");
+    let learned = conformance("document-events.jsonl");
+    let o = run(&[
+        "learn",
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        learned.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // -m on a store that already holds a model is refused.
+    let o = run(&[
+        "enforce",
+        "-m",
+        model.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        learned.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a model"));
+    // Without -m, the store's own model is sealed and enforced: an event it
+    // never saw (the first line of the conformance corpus) is a forensics point.
+    let changed = dir.path().join("changed.jsonl");
+    let first = std::fs::read_to_string(conformance("events.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&changed, format!("{first}\n")).unwrap();
+    let o = run(&[
+        "enforce",
+        "--store",
+        store.to_str().unwrap(),
+        "--summary",
+        "json",
+        changed.to_str().unwrap(),
+    ]);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["sealed"], true);
+    assert_eq!(s["forensics"], 1);
+    assert_eq!(o.status.code(), Some(3));
+}

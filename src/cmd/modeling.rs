@@ -134,11 +134,27 @@ impl ModelArgs {
     /// the mapper for its profile and pseudonyms.
     pub fn sink(&self, model: Model) -> anyhow::Result<(ModelSink, Arc<Mapper>)> {
         let requested = model.pseudonyms().clone();
-        let sink = match &self.store {
+        let seal = model.is_sealed();
+        if let (Some(dir), Some(file)) = (&self.store, &self.model) {
+            if tsem_model::store::ModelStore::exists(dir) {
+                bail!(
+                    "store {} already holds a model: leave out -m {} to go on with it, \
+                     or give a new --store directory",
+                    dir.display(),
+                    file.display()
+                );
+            }
+        }
+        let mut sink = match &self.store {
             Some(dir) => ModelSink::with_store(model, dir)
                 .with_context(|| format!("store {}", dir.display()))?,
             None => ModelSink::new(model),
         };
+        // Enforcing over a reopened store seals the store's own model.
+        if seal && !sink.model().is_sealed() {
+            sink.model_mut().seal();
+            sink.sync_all().map_err(anyhow::Error::msg)?;
+        }
         // A reopened store keeps its own pseudonyms. Adding one now would not
         // change the points it learned without it, so refuse rather than
         // silently model with a pseudonym set the user did not ask for.
