@@ -446,8 +446,13 @@ impl<W: Write> Observer for VerdictPrinter<W> {
 /// `tsem-stream enforce`: a sealed model over events; exit 3 on any violation.
 pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        args.model.model.is_some(),
-        "enforce needs a model (-m MODEL)"
+        args.model.model.is_some()
+            || args
+                .model
+                .store
+                .as_deref()
+                .is_some_and(tsem_model::store::ModelStore::exists),
+        "enforce needs a model (-m MODEL, or --store DIR of an existing store)"
     );
     let source = open_input(Some(&args.input))?;
     let mut printer = VerdictPrinter {
