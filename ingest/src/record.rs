@@ -146,6 +146,56 @@ impl<'a> Obj<'a> {
             .map(|(k, v)| (k, Self::member(v)))
     }
 
+    /// Every string leaf as (dotted path below `prefix`, value), in document
+    /// order: the fields two descriptions of an event can be compared by.
+    pub fn leaves(&self, prefix: &str, out: &mut Vec<(String, String)>) {
+        for (k, m) in self.members() {
+            let path = if prefix.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match m {
+                Member::Str(s) => out.push((path, s.to_owned())),
+                Member::Obj(inner) => inner.leaves(&path, out),
+                Member::Other => out.push((path, "(not a string)".to_owned())),
+            }
+        }
+    }
+
+    /// The first string member named `key` anywhere below this object (depth first).
+    pub fn find_str(&self, key: &str) -> Option<&'a str> {
+        self.members().find_map(|(k, m)| match m {
+            Member::Str(s) if k == key => Some(s),
+            Member::Obj(inner) => inner.find_str(key),
+            _ => None,
+        })
+    }
+
+    /// What an event acts on, to pair two descriptions of "the same" event: the
+    /// first pathname in the CELL, else its socket address
+    /// (`af_inet.port=20480 af_inet.address=16777343`), else empty.
+    pub fn event_target(cell: Option<Obj<'a>>) -> String {
+        let Some(cell) = cell else {
+            return String::new();
+        };
+        if let Some(p) = cell.find_str("pathname") {
+            return p.to_owned();
+        }
+        match cell.get("addr") {
+            Some(Member::Obj(addr)) => {
+                let mut leaves = Vec::new();
+                addr.leaves("", &mut leaves);
+                leaves
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            _ => String::new(),
+        }
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.0.as_object().map_or(0, |o| o.len())
@@ -487,6 +537,22 @@ mod tests {
     fn escapes_follow_quixote_not_json() {
         let line = SAMPLE.replace(r#""process": "bash""#, r#""process": "a\"b\\c\u0061\n""#);
         with_event(&line, |e| assert_eq!(e.process(), Some("a\"b\\cu0061n")));
+    }
+
+    #[test]
+    fn leaves_targets_and_nested_lookups() {
+        let line = r#"{"event": {"type": "socket_connect", "task_id": "aa"}, "COE": {"uid": "0"}, "socket_connect": {"sock": {"family": "2"}, "addr": {"af_inet": {"port": "20480", "address": "1"}}}}"#;
+        with_event(line, |e| {
+            let mut leaves = Vec::new();
+            e.cell.unwrap().leaves("", &mut leaves);
+            assert_eq!(leaves[0], ("sock.family".to_owned(), "2".to_owned()));
+            assert_eq!(
+                Obj::event_target(e.cell),
+                "af_inet.port=20480 af_inet.address=1"
+            );
+            assert_eq!(e.cell.unwrap().find_str("port"), Some("20480"));
+            assert_eq!(Obj::event_target(None), "");
+        });
     }
 
     #[test]

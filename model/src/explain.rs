@@ -494,10 +494,10 @@ impl<'m> Explainer<'m> {
             }
         }
         let mut coe_fields = Vec::new();
-        flatten("", view.coe, &mut coe_fields);
+        view.coe.leaves("", &mut coe_fields);
         let mut cell_fields = Vec::new();
         if let Some(c) = view.cell {
-            flatten("", c, &mut cell_fields);
+            c.leaves("", &mut cell_fields);
         }
         let number = |o: Option<Obj<'_>>, key: &str| {
             o.and_then(|o| string(o, key))
@@ -509,7 +509,7 @@ impl<'m> Explainer<'m> {
             type_name: view.type_name.to_owned(),
             process: view.process().unwrap_or_default().to_owned(),
             pid: view.pid().map(str::to_owned),
-            target: target(view.cell),
+            target: Obj::event_target(view.cell),
             file_path,
             file_flags: number(file, "flags"),
             file_mode: number(file.and_then(|f| obj(f, "inode")), "mode"),
@@ -1031,57 +1031,6 @@ fn string<'a>(o: Obj<'a>, key: &str) -> Option<&'a str> {
         Some(Member::Str(s)) => Some(s),
         _ => None,
     }
-}
-
-/// The leaves of an object as (dotted path, value), in document order.
-fn flatten(prefix: &str, o: Obj<'_>, out: &mut Vec<(String, String)>) {
-    for (k, m) in o.members() {
-        let path = if prefix.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match m {
-            Member::Str(s) => out.push((path, s.to_owned())),
-            Member::Obj(inner) => flatten(&path, inner, out),
-            Member::Other => out.push((path, "(not a string)".to_owned())),
-        }
-    }
-}
-
-/// The first pathname anywhere in the CELL, else its socket address
-/// (`af_inet.port=20480 af_inet.address=16777343`), else empty.
-fn target(cell: Option<Obj<'_>>) -> String {
-    fn pathname(o: Obj<'_>) -> Option<String> {
-        for (k, m) in o.members() {
-            match m {
-                Member::Str(s) if k == "pathname" => return Some(s.to_owned()),
-                Member::Obj(inner) => {
-                    if let Some(p) = pathname(inner) {
-                        return Some(p);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-    let Some(cell) = cell else {
-        return String::new();
-    };
-    if let Some(p) = pathname(cell) {
-        return p;
-    }
-    if let Some(addr) = obj(cell, "addr") {
-        let mut leaves = Vec::new();
-        flatten("", addr, &mut leaves);
-        return leaves
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    String::new()
 }
 
 /// The value of the field whose dotted path ends with `.name` (or is `name`).
