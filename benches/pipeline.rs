@@ -12,7 +12,10 @@ use tsem_pipeline::source::MemorySource;
 use tsem_pipeline::{ModelSink, NoObserver, Outputs, PipelineOptions};
 
 fn templates() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/conformance-mix.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/conformance-mix.jsonl"
+    );
     std::fs::read(path).expect("examples/conformance-mix.jsonl")
 }
 
@@ -28,22 +31,37 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(spec.events));
     group.sample_size(10);
     for workers in [1usize, 2, 4, 8] {
-        group.bench_with_input(BenchmarkId::new("learn", workers), &workers, |b, &workers| {
-            b.iter(|| {
-                let mut model = Model::new(Profile::Quixote);
-                model.keep_descriptions(false);
-                let mut sink = ModelSink::new(model);
-                let source = Box::new(MemorySource::new(corpus.clone(), DEFAULT_MAX_RECORD_LEN, "bench"));
-                let mapper = Arc::new(Mapper::new(Profile::Quixote, Pseudonyms::new()));
-                let options = PipelineOptions {
-                    workers,
-                    queue_depth: 4 * workers,
-                    ..PipelineOptions::default()
-                };
-                tsem_pipeline::run(source, mapper, &mut sink, Outputs::default(), &options, &mut NoObserver)
+        group.bench_with_input(
+            BenchmarkId::new("learn", workers),
+            &workers,
+            |b, &workers| {
+                b.iter(|| {
+                    let mut model = Model::new(Profile::Quixote);
+                    model.keep_descriptions(false);
+                    let mut sink = ModelSink::new(model);
+                    let source = Box::new(MemorySource::new(
+                        corpus.clone(),
+                        DEFAULT_MAX_RECORD_LEN,
+                        "bench",
+                    ));
+                    let mapper = Arc::new(Mapper::new(Profile::Quixote, Pseudonyms::new()));
+                    let options = PipelineOptions {
+                        workers,
+                        queue_depth: 4 * workers,
+                        ..PipelineOptions::default()
+                    };
+                    tsem_pipeline::run(
+                        source,
+                        mapper,
+                        &mut sink,
+                        Outputs::default(),
+                        &options,
+                        &mut NoObserver,
+                    )
                     .expect("pipeline")
-            })
-        });
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -69,21 +87,25 @@ fn store(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     for batch in [1usize, 100, 1000] {
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("apply+commit", batch), &batch, |b, &batch| {
-            b.iter(|| {
-                for _ in 0..batch {
-                    next += 1;
-                    store.upsert_point(StoredPoint {
-                        coefficient: Digest::of(&[&next.to_le_bytes()]),
-                        count: 1,
-                        valid: true,
-                        order: 0,
-                    });
-                    store.append_trajectory(&line);
-                }
-                store.commit().expect("commit")
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("apply+commit", batch),
+            &batch,
+            |b, &batch| {
+                b.iter(|| {
+                    for _ in 0..batch {
+                        next += 1;
+                        store.upsert_point(StoredPoint {
+                            coefficient: Digest::of(&[&next.to_le_bytes()]),
+                            count: 1,
+                            valid: true,
+                            order: 0,
+                        });
+                        store.append_trajectory(&line);
+                    }
+                    store.commit().expect("commit")
+                })
+            },
+        );
     }
     group.finish();
 }

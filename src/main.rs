@@ -95,6 +95,8 @@ enum Command {
     Model(cmd::rebuild::RebuildArgs),
     /// Measure throughput per worker count and sync latency per offered rate.
     Bench(cmd::bench::BenchArgs),
+    /// Fleets: model, replay or archive the records many hosts published to NATS.
+    Fleet(cmd::fleet::FleetArgs),
     /// Generate a large event corpus from real event lines (for load tests).
     Generate {
         /// Number of events.
@@ -162,6 +164,7 @@ fn main() -> ExitCode {
         Some(Command::Explain(args)) => cmd::explain::run(&args),
         Some(Command::Model(args)) => cmd::rebuild::run(&args),
         Some(Command::Bench(args)) => cmd::bench::run(&args),
+        Some(Command::Fleet(args)) => cmd::fleet::run(&args),
         Some(Command::Generate {
             events,
             new_fraction,

@@ -149,6 +149,9 @@ pub struct WriteArgs {
     /// Print `durable SEQ` on standard output each time records up to SEQ are durable.
     #[arg(long)]
     pub report_durable: bool,
+    /// Reading a JetStream stream (`nats://…` as the input).
+    #[command(flatten)]
+    pub nats: super::fleet::NatsSourceArgs,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -226,6 +229,16 @@ pub fn run(args: &ArchiveArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write(args: &WriteArgs) -> anyhow::Result<ExitCode> {
+    // A stream of the fleet (see `fleet.rs`): acknowledged once durable here.
+    if let Some(url) = args.input.to_str().filter(|s| s.starts_with("nats://")) {
+        return super::fleet::archive_from_nats(
+            &args.dir,
+            url,
+            args.writer.options()?,
+            &args.nats,
+            args.report_durable,
+        );
+    }
     let writer = DurableWriter::open(&args.dir, args.writer.options()?)
         .with_context(|| format!("archive {}", args.dir.display()))?;
     tell_open(&args.dir, writer.open_report());

@@ -6,6 +6,7 @@ pub mod coefficients;
 pub mod console;
 pub mod diff;
 pub mod explain;
+pub mod fleet;
 pub mod modeling;
 pub mod process;
 pub mod pseudonym;

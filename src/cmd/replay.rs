@@ -39,6 +39,9 @@ pub struct ReplayArgs {
     pub sealed_only: bool,
     /// An archive directory or an event file (`-` for standard input).
     pub input: PathBuf,
+    /// Reading a JetStream stream (`nats://…` as the input).
+    #[command(flatten)]
+    pub nats: super::fleet::NatsSourceArgs,
 }
 
 /// The records of `input`: an archive's, in sequence order (line numbers are
@@ -62,6 +65,19 @@ pub fn source_of(input: &PathBuf, sealed_only: bool) -> anyhow::Result<Box<dyn R
 
 /// Runs the command.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    // A stream of the fleet (see `fleet.rs`): records in stream order.
+    if let Some(url) = args.input.to_str().filter(|s| s.starts_with("nats://")) {
+        return super::fleet::replay_from_nats(
+            url,
+            &args.nats,
+            &args.model,
+            &args.tuning,
+            args.enforce,
+            args.output.as_ref(),
+            args.trajectory,
+            args.summary,
+        );
+    }
     let source = source_of(&args.input, args.sealed_only)?;
     let outcome = execute(
         &args.model,

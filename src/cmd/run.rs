@@ -108,6 +108,8 @@ pub struct RunArgs {
     /// The namespace key for `--control-protocol key`.
     #[arg(long, value_name = "HEX", required_if_eq("control_protocol", "key"))]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub publish: Box<super::fleet::PublishArgs>,
 }
 
 /// Prints `FILE:LINE: what` for bad lines, in input order.
@@ -290,6 +292,10 @@ pub fn finish(
 /// `tsem-stream run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.process {
+        anyhow::ensure!(
+            args.publish.publish.is_empty(),
+            "--publish is not available with -P yet"
+        );
         return super::process::run(args);
     }
     anyhow::ensure!(
@@ -322,6 +328,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         };
     let mut model_args = args.model.clone();
     model_args.drop_descriptions = !args.trajectory;
+    // The archive first: publishing buffers default to a directory inside it.
+    let mut taps = Vec::new();
+    if let Some(dir) = &args.archive {
+        taps.push(super::archive::tap_for(dir, args.archive_level)?);
+    }
+    let mut publishing =
+        super::fleet::start_publishing(&args.publish, args.namespace, args.archive.as_deref())?;
+    if let Some(p) = &publishing {
+        taps.extend(p.taps());
+    }
     let outcome = execute(
         &model_args,
         &args.tuning,
@@ -330,14 +346,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         args.enforce,
         Outputs {
             verdicts,
-            tap: match &args.archive {
-                Some(dir) => Some(super::archive::tap_for(dir, args.archive_level)?),
-                None => None,
-            },
+            tap: super::fleet::combine_taps(taps),
             requests: None,
         },
-        None,
+        publishing
+            .as_mut()
+            .map(|p| p.observer() as &mut dyn Observer),
     )?;
+    let published = publishing.map(|p| super::fleet::finish_publishing(p, &outcome));
     let summary_format = args
         .summary
         .or(if args.input.is_none() && args.tsem_root.is_none() {
@@ -345,11 +361,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         });
-    finish(
+    super::fleet::finish_with_publish(
         &outcome,
         args.output.as_ref(),
         args.trajectory,
         summary_format,
+        published,
     )
 }
 
