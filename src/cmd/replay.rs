@@ -12,11 +12,13 @@ use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
 use tsem_pipeline::{Outputs, RecordSource};
 
 use super::modeling::{ModelArgs, RunTuning};
-use super::run::{execute, finish, open_input, SummaryFormat};
+use super::run::{execute, open_input, SummaryFormat};
 
 /// Options of `replay`.
 #[derive(Args, Clone, Debug)]
 pub struct ReplayArgs {
+    #[command(flatten)]
+    pub publish: Box<super::fleet::PublishArgs>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -79,15 +81,25 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let source = source_of(&args.input, args.sealed_only)?;
+    let mut publishing = super::fleet::start_publishing(&args.publish, None, None)?;
+    let tap = publishing
+        .as_ref()
+        .and_then(|p| super::fleet::combine_taps(p.taps()));
     let outcome = execute(
         &args.model,
         &args.tuning,
         source,
         false,
         args.enforce,
-        Outputs::default(),
-        None,
+        Outputs {
+            tap,
+            ..Outputs::default()
+        },
+        publishing
+            .as_mut()
+            .map(|p| p.observer() as &mut dyn tsem_pipeline::Observer),
     )?;
+    let published = publishing.map(|p| super::fleet::finish_publishing(p, &outcome));
     let summary = args
         .summary
         .or(if args.output.is_none() && args.model.store.is_none() {
@@ -95,5 +107,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         });
-    finish(&outcome, args.output.as_ref(), args.trajectory, summary)
+    super::fleet::finish_with_publish(
+        &outcome,
+        args.output.as_ref(),
+        args.trajectory,
+        summary,
+        published,
+    )
 }
