@@ -323,7 +323,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             }
             _ => match (&args.input, args.follow) {
                 (Some(path), true) => (super::follow_source(path)?, None),
-                _ => (open_input(args.input.as_ref())?, None),
+                (None, _) => {
+                    eprintln!(
+                        "tsem-stream: no input given: modeling the bundled example \
+                         (examples/real-kernel-export.jsonl, 109 records of a real TSEM kernel); \
+                         use --input FILE or --tsem-root DIR --namespace ID for your own"
+                    );
+                    (open_input(None)?, None)
+                }
+                (Some(path), false) => (open_input(Some(path))?, None),
             },
         };
     let mut model_args = args.model.clone();
