@@ -450,13 +450,26 @@ fn is_root() -> bool {
 
 /// `tsem-stream console` as uid 65534 (nobody).
 fn console_as_nobody(binary: &Path, mgmt: &Path, name: &str) -> std::io::Result<Output> {
-    Command::new(binary)
-        .args(["console", "-S", "-w", name, "--mgmt-dir"])
-        .arg(mgmt)
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
+    // The binary was just copied: a child forked by another test thread
+    // between the copy's open and its exec can still hold the write end for a
+    // moment (ETXTBSY), so retry briefly.
+    let mut tries = 0;
+    loop {
+        let result = Command::new(binary)
+            .args(["console", "-S", "-w", name, "--mgmt-dir"])
+            .arg(mgmt)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output();
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[test]
