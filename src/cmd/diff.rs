@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 use tsem_archive::Archive;
-use tsem_ingest::{Member, Obj, Parser, Record};
+use tsem_ingest::{Obj, Parser, Record};
 use tsem_model::store::{ModelStore, StoreSnapshot};
 use tsem_model::{modelfile, Coefficient, Digest, Mapper, Model, Profile, Pseudonyms};
 use tsem_pipeline::sink::model_from_snapshot;
@@ -249,56 +249,6 @@ struct Described {
     fields: Vec<(String, String)>,
 }
 
-fn first_pathname(obj: Obj<'_>) -> Option<String> {
-    for (k, m) in obj.members() {
-        match m {
-            Member::Str(s) if k == "pathname" => return Some(s.to_owned()),
-            Member::Obj(inner) => {
-                if let Some(p) = first_pathname(inner) {
-                    return Some(p);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn flatten(prefix: &str, obj: Obj<'_>, out: &mut Vec<(String, String)>) {
-    for (k, m) in obj.members() {
-        let path = if prefix.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match m {
-            Member::Str(s) => out.push((path, s.to_owned())),
-            Member::Obj(inner) => flatten(&path, inner, out),
-            Member::Other => out.push((path, "(not a string)".to_owned())),
-        }
-    }
-}
-
-/// The pathname of the event, or its socket address, or nothing.
-fn target(cell: Option<Obj<'_>>) -> String {
-    let Some(cell) = cell else {
-        return String::new();
-    };
-    if let Some(p) = first_pathname(cell) {
-        return p;
-    }
-    if let Some(Member::Obj(addr)) = cell.get("addr") {
-        let mut leaves = Vec::new();
-        flatten("", addr, &mut leaves);
-        return leaves
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    String::new()
-}
-
 fn describe(parser: &mut Parser, line: &[u8]) -> Option<Described> {
     parser
         .parse(line, |r| {
@@ -306,9 +256,9 @@ fn describe(parser: &mut Parser, line: &[u8]) -> Option<Described> {
                 return None;
             };
             let mut fields = Vec::new();
-            flatten("COE", v.coe, &mut fields);
+            v.coe.leaves("COE", &mut fields);
             if let Some(cell) = v.cell {
-                flatten("", cell, &mut fields);
+                cell.leaves("", &mut fields);
             }
             if let Some(p) = v.p_task_id() {
                 fields.push(("event.p_task_id".to_owned(), p.to_owned()));
@@ -317,7 +267,7 @@ fn describe(parser: &mut Parser, line: &[u8]) -> Option<Described> {
                 key: Key {
                     kind: v.type_name.to_owned(),
                     process: v.process().unwrap_or_default().to_owned(),
-                    target: target(v.cell),
+                    target: Obj::event_target(v.cell),
                     task_id: v.task_id.to_owned(),
                 },
                 fields,
