@@ -13,16 +13,6 @@ fn corpus() -> PathBuf {
     conformance("events.jsonl")
 }
 
-fn ok(args: &[&str]) -> std::process::Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Archives the corpus with 64 KiB segments (about 35 of them).
 fn archive_corpus(dir: &Path) {
     ok(&[

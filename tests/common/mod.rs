@@ -81,3 +81,28 @@ pub fn assert_same_lines(got: &[String], want: &[String], what: &str) {
     }
     assert_eq!(got.len(), want.len(), "{what}: line count");
 }
+
+/// Runs the binary and asserts it succeeded (stderr in the message).
+pub fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A bundled example under `examples/`, as a string argument.
+pub fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `dir/name` as a string argument.
+pub fn path(dir: &std::path::Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
