@@ -52,7 +52,11 @@ impl View {
     /// The header line `quixote-console` prints before a list on a terminal.
     pub fn terminal_header(self, model: &Model) -> Option<String> {
         let valid = model.points().iter().filter(|p| p.valid).count();
-        let invalid = model.points().len() - valid;
+        self.header_for(valid as u64, (model.points().len() - valid) as u64)
+    }
+
+    /// The same header from point counts (e.g. reported by a remote model).
+    pub fn header_for(self, valid: u64, invalid: u64) -> Option<String> {
         match self {
             View::Trajectory => Some(format!("Trajectory size: {valid}")),
             View::Coefficients | View::Counts => Some(format!("List size: {valid}")),

@@ -788,7 +788,7 @@ fn sequence_stage(
             },
             recv(requests) -> r => {
                 if let Ok(request) = r {
-                    answer_request(request, sink, policy);
+                    answer_request(request, sink, Some(policy));
                 }
                 continue;
             }
@@ -857,11 +857,12 @@ fn sequence_stage(
     Ok(())
 }
 
-/// Answers a management request from the sequencer's thread.
-fn answer_request(
+/// Answers a management request against `sink`; a seal also refreshes the
+/// workers' verdict policy when a pipeline is running (`policy`).
+pub(crate) fn answer_request(
     request: ModelRequest,
     sink: &mut ModelSink,
-    policy: &RwLock<Arc<VerdictPolicy>>,
+    policy: Option<&RwLock<Arc<VerdictPolicy>>>,
 ) {
     match request {
         ModelRequest::View {
@@ -874,7 +875,7 @@ fn answer_request(
         ModelRequest::Seal { reply } => {
             sink.model_mut().seal();
             let result = sink.sync_all();
-            if let Ok(mut p) = policy.write() {
+            if let Some(Ok(mut p)) = policy.map(RwLock::write) {
                 *p = Arc::new(sink.verdict_policy());
             }
             let _ = reply.send(result);

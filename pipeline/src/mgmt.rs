@@ -120,19 +120,7 @@ pub enum MgmtError {
 /// Answers a request from the model itself, once the pipeline that normally
 /// answers them has ended (the workload may still run for a while).
 pub fn answer(request: ModelRequest, sink: &mut ModelSink) {
-    match request {
-        ModelRequest::View {
-            view,
-            prefix,
-            reply,
-        } => {
-            let _ = reply.send(sink.render(view, prefix));
-        }
-        ModelRequest::Seal { reply } => {
-            sink.model_mut().seal();
-            let _ = reply.send(sink.sync_all());
-        }
-    }
+    crate::engine::answer_request(request, sink, None);
 }
 
 /// The channel between a management [`Server`] and whoever answers its
@@ -166,16 +154,7 @@ pub fn answer_until<T>(
 /// from the sizes a server reported (the same text as
 /// [`View::terminal_header`] gives for the model itself).
 pub fn terminal_header(view: View, sizes: Sizes) -> Option<String> {
-    let (valid, invalid) = (sizes.valid, sizes.forensics);
-    match view {
-        View::Trajectory => Some(format!("Trajectory size: {valid}")),
-        View::Coefficients | View::Counts => Some(format!("List size: {valid}")),
-        View::Forensics => Some(format!("Forensics size: {invalid}")),
-        View::ForensicsCoefficients | View::ForensicsCounts => {
-            Some(format!("List size: {invalid}"))
-        }
-        View::State | View::Measurement | View::Model { .. } => None,
-    }
+    view.header_for(sizes.valid, sizes.forensics)
 }
 
 #[cfg(test)]
