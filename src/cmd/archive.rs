@@ -109,7 +109,7 @@ pub struct WriterArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub level: i32,
     /// Close a segment before its records (uncompressed) exceed this size (suffix K, M or G).
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = tsem_fleet::target::parse_size)]
     pub segment_size: u64,
     /// Close a segment once it has been open this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
@@ -152,26 +152,6 @@ pub struct WriteArgs {
     /// Reading a JetStream stream (`nats://…` as the input).
     #[command(flatten)]
     pub nats: super::fleet::NatsSourceArgs,
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("not a size: {text:?}"))?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KIB" => 10,
-        "M" | "MIB" => 20,
-        "G" | "GIB" => 30,
-        _ => return Err(format!("unknown size unit in {text:?} (K, M or G)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size too large: {text:?}"))
 }
 
 /// Says on stderr what opening an archive found.
@@ -473,7 +453,7 @@ fn export(dir: &Path, parquet: &Path, filter: &FilterArgs) -> anyhow::Result<Exi
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use tsem_fleet::target::parse_size;
 
     #[test]
     fn sizes_take_binary_suffixes() {
