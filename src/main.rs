@@ -145,6 +145,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The libraries report what they cannot return (a refused verdict on a
+    // relay thread, say) through `tracing`: warnings and errors go to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_target(false)
+        .without_time()
+        .init();
     let result = match cli.command {
         None => cmd::run::run(&cli.run),
         Some(Command::Run(args)) => cmd::run::run(&args),

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
+/// The namespace key given to the v4 structure, so that the simulator's
+/// report can be checked exactly.
+const SIM_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 const LEARNED_STATE: &str = "d4196e89625fa29e068cb2c5cf51da65b4efc9b87f8cf209b725f2fe41cf5f51";
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -176,11 +180,20 @@ fn a_learned_workload_is_queried_live_then_enforced() {
     let model = work.path().join("model");
     let events = conformance("events.jsonl");
 
-    // Learning: the workload runs until the test lets it go.
+    // Learning: the workload runs until the test lets it go. The simulator
+    // takes `external key=…`, so the default (auto) builds the v4 structure:
+    // a monitor forwards the records, the forking thread answers.
     let s = Session::start(
         "learner",
         &events,
-        &["--workers", "2", "-o", model.to_str().unwrap()],
+        &[
+            "--workers",
+            "2",
+            "-o",
+            model.to_str().unwrap(),
+            "--key",
+            SIM_KEY,
+        ],
         None,
     );
     let listing = bin()
@@ -230,7 +243,10 @@ fn a_learned_workload_is_queried_live_then_enforced() {
     assert_eq!(report["trusted"], 3000);
     assert_eq!(report["missing"], 0);
     assert_eq!(report["duplicates"], 0);
-    assert_eq!(report["external"]["command"], "external digest=sha256");
+    assert_eq!(
+        report["external"]["command"],
+        format!("external digest=sha256 key={SIM_KEY}")
+    );
     assert_eq!(report["external"]["options"]["digest"], "sha256");
 
     // Enforcing the learned model over changed behaviour.
@@ -252,7 +268,7 @@ fn a_learned_workload_is_queried_live_then_enforced() {
     let s = Session::start(
         "enforcer",
         &changed,
-        &["-m", model.to_str().unwrap(), "-e"],
+        &["-m", model.to_str().unwrap(), "-e", "--key", SIM_KEY],
         None,
     );
     wait_for("the forensics", || {
@@ -286,7 +302,7 @@ fn a_learned_workload_is_queried_live_then_enforced() {
     assert_eq!(report["missing"], 0);
     assert_eq!(
         report["commands"],
-        serde_json::json!(["external digest=sha256", "enforce"])
+        serde_json::json!([format!("external digest=sha256 key={SIM_KEY}"), "enforce"])
     );
 }
 
@@ -302,7 +318,15 @@ fn the_workload_runs_without_cap_mac_admin_and_its_status_is_returned() {
     let s = Session::start(
         "caps",
         &conformance("document-events.jsonl"),
-        &["--nsref", "current", "--cache", "32"],
+        // The 2025 structure: this process's child becomes the workload.
+        &[
+            "--nsref",
+            "current",
+            "--cache",
+            "32",
+            "--control-protocol",
+            "tnum",
+        ],
         Some(&script),
     );
     s.wait_points(5);

@@ -465,6 +465,7 @@ pub fn run(
     stats.verdict_errors = shared.verdict_errors.load(Ordering::Relaxed);
     if let Some(v) = &verdicts {
         (stats.trusted, stats.untrusted) = v.counts();
+        stats.verdict_errors += v.failures();
     }
     stats.elapsed = started.elapsed();
     Ok(stats)

@@ -1,40 +1,63 @@
-//! The workload side of process mode (`tsem-stream run -P`, spec §1.1 and
-//! §7): start a command in a new externally modeled namespace, follow it,
-//! pass signals on, and end the input once it has exited.
+//! The workload side of process mode (`tsem-stream run -P`): start a command
+//! in a new externally modeled namespace, follow it, pass signals on, and end
+//! the input once it has ended.
 //!
-//! Start-up ([`launch`], then [`Launched::release`]):
+//! Two kernel generations want two process structures; [`launch`] finds out
+//! which one the kernel takes ([`Generation`]) by what it accepts:
 //!
-//! 1. Before forking, everything the child needs is prepared (the command
-//!    line, the `control` and `id` files opened, two pipes), and the signals
-//!    the orchestrator handles are blocked.
-//! 2. The child reads `id` (its current namespace), writes `external …` to
-//!    `control` in a single `write()` (the kernel creates the namespace for
-//!    the task that writes), then re-reads `id` from offset 0 every 200 µs
-//!    until it changes (as Quixote polls it; the kernel answers per caller,
-//!    a simulator rewrites the file), and sends `id N` to the parent.
-//!    Both files were opened *before* the namespace existed: an open in the
-//!    new namespace would be a synchronous `file_open` event, and nobody
-//!    reads the export file yet to release it.
-//! 3. The parent opens `external_tma/N`, writes `enforce` if asked (the
-//!    caller's business, outside this module), and releases the child.
-//! 4. The child restores the signal mask and SIGPIPE, drops CAP_MAC_ADMIN
-//!    (so that nothing in the workload can change its own trust state),
-//!    and executes the command.
+//! * **v4 (2024, `key=` protocol, spec §7.1; Quixote v1.7's structure).**
+//!   The calling thread T forks a *monitor* M. M writes `external … key=K`:
+//!   M's namespace becomes the new one, and the kernel records T (M's
+//!   `real_parent`, the exact *thread* that forked it) as the namespace's TMA
+//!   (`tma_for_ns`). From then on:
+//!   - only T may write verdicts (from any other thread, or any child, the
+//!     kernel answers `EINVAL` and the task sleeps forever): the caller
+//!     serves a `VerdictRelay` on T;
+//!   - `id` and the export file answer for the *reader's* namespace (a
+//!     reader in the root namespace always gets `ENODATA`), and `enforce`
+//!     applies to the *writer's*: M reads `id`, writes `enforce`, opens
+//!     `external_tma/<id>`, and forwards every record to T over a pipe;
+//!   - M is modeled itself, and a synchronous event of M would wait for a
+//!     verdict that only M could forward: after `external` M does nothing
+//!     that raises one. It only reads and writes descriptors opened before
+//!     (the control plane files are exempt from `file_open`), polls, forks
+//!     and reaps; it never executes anything. Whatever it needs (buffers,
+//!     the command line, the messages) is prepared before T forks it, and
+//!     T forks it before the process has any thread, so M can be a
+//!     complete copy.
 //!
-//! The [`Monitor`] thread then reaps the workload and forwards SIGINT,
+//!   M forks the workload W, which drops CAP_MAC_ADMIN and executes the
+//!   command. M is a child subreaper (set before `external`: `prctl` is
+//!   itself an event), so every task of the namespace stays below it; M
+//!   reports W's pid and exit status to T, and ends once no task of the
+//!   namespace is left and the export queue is drained: no task is left
+//!   asleep waiting for a record nobody reads.
+//! * **2025 kernels (`tnum=` protocol, spec §7; Quixote v1.8's structure).**
+//!   The forked child C writes `external`, re-reads `id` until it changes
+//!   (as Quixote polls it), and reports the id; T opens
+//!   `external_tma/<id>` itself, writes `enforce`, and lets C execute the
+//!   command. Any thread of T may write verdicts.
+//!
+//! With [`GenerationChoice::Auto`] the child first writes `external … key=K`
+//! (v4 requires a key); a kernel that refuses it with `EINVAL` gets the
+//! plain `external` of the 2025 protocol.
+//!
+//! Before the fork, the signals the orchestrator handles are blocked (M keeps
+//! them blocked: a terminal's SIGINT must not end the forwarder). The
+//! [`Monitor`] thread then follows the workload and forwards SIGINT,
 //! SIGTERM, SIGHUP and SIGQUIT to it when another process sent them to the
 //! orchestrator. Signals the terminal generated (the kernel is their
 //! sender) are not forwarded: the terminal already sent them to the whole
 //! foreground process group, the workload included.
 //!
-//! [`WorkloadSource`] turns the export file into a pipeline source that ends
-//! once the workload has exited and nothing more arrives (or at end of file,
-//! for a FIFO).
+//! [`WorkloadSource`] turns the export file (2025) or M's pipe (v4) into a
+//! pipeline source that ends when the input ends: at the end of M's pipe,
+//! or once the workload has exited and nothing more arrives.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,13 +181,50 @@ impl ExternalOptions {
     }
 }
 
+/// The kernel generation a namespace was created under, which fixes the
+/// process structure and the verdict protocol (module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// 2024 v3/v4 kernels: `key=` protocol, in-namespace monitor (spec §7.1).
+    Key,
+    /// 2025 kernels: `tnum=` protocol, the TMA reads the export file (spec §7).
+    Tnum,
+}
+
+impl Generation {
+    fn word(self) -> &'static str {
+        match self {
+            Generation::Key => "key",
+            Generation::Tnum => "tnum",
+        }
+    }
+}
+
+/// Which generation to create the namespace for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GenerationChoice {
+    /// Whichever the kernel accepts: `key=` first, then the plain command.
+    #[default]
+    Auto,
+    /// Only this one.
+    Only(Generation),
+}
+
 /// How to start a workload.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// The TSEM securityfs root (`/sys/kernel/security/tsem` or a simulator's).
     pub tsem_root: PathBuf,
-    /// The `external …` command, without `\n` (see [`ExternalOptions::command`]).
-    pub external: String,
+    /// The options of `external` (its `key` is ignored: see `key`).
+    pub external: ExternalOptions,
+    /// The v4 namespace key, 64 hex digits (spec §7.1).
+    pub key: String,
+    /// Which generation to create.
+    pub generation: GenerationChoice,
+    /// v4: the monitor writes `enforce` in the namespace (spec §7.1: the
+    /// kernel applies it to the writer's namespace). Under the 2025 protocol
+    /// the caller writes it after [`launch`].
+    pub enforce: bool,
     /// The program and its arguments (the program is looked up in `PATH`).
     pub argv: Vec<String>,
     /// How long to wait for the namespace id to appear in `id`.
@@ -172,14 +232,58 @@ pub struct LaunchOptions {
 }
 
 impl LaunchOptions {
-    /// Options with a 10 s namespace timeout.
-    pub fn new(tsem_root: impl Into<PathBuf>, external: String, argv: Vec<String>) -> Self {
+    /// Options for `argv` with automatic generation, no enforcement and a
+    /// 10 s namespace timeout.
+    pub fn new(
+        tsem_root: impl Into<PathBuf>,
+        external: ExternalOptions,
+        key: String,
+        argv: Vec<String>,
+    ) -> Self {
         LaunchOptions {
             tsem_root: tsem_root.into(),
             external,
+            key,
+            generation: GenerationChoice::Auto,
+            enforce: false,
             argv,
             id_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The `external` command lines (with `\n`) the child tries, in order.
+    fn commands(&self) -> Result<Vec<(Generation, Vec<u8>)>, OrchestrateError> {
+        let with_key = || -> Result<_, OrchestrateError> {
+            let o = ExternalOptions {
+                key: Some(self.key.clone()),
+                ..self.external.clone()
+            };
+            Ok((Generation::Key, o.command()? + "\n"))
+        };
+        let plain = || -> Result<_, OrchestrateError> {
+            let o = ExternalOptions {
+                key: None,
+                ..self.external.clone()
+            };
+            Ok((Generation::Tnum, o.command()? + "\n"))
+        };
+        let list = match self.generation {
+            GenerationChoice::Auto => vec![with_key()?, plain()?],
+            GenerationChoice::Only(Generation::Key) => vec![with_key()?],
+            GenerationChoice::Only(Generation::Tnum) => vec![plain()?],
+        };
+        Ok(list.into_iter().map(|(g, c)| (g, c.into_bytes())).collect())
+    }
+}
+
+/// Checks a v4 namespace key: 32 bytes as 64 hex digits (spec §1.1, §7.1).
+pub fn check_key(key: &str) -> Result<(), OrchestrateError> {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(OrchestrateError::Command(
+            "a namespace key is 64 hex digits (32 bytes)".into(),
+        ))
     }
 }
 
@@ -198,17 +302,32 @@ fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }
 
-/// A workload in its namespace, stopped just before it executes its command.
+/// A workload in its namespace, stopped just before it starts its command.
 pub struct Launched {
+    /// The forked child: the monitor (v4) or the workload itself (2025).
     pid: Pid,
     namespace: u64,
+    generation: Generation,
     go: Option<OwnedFd>,
+    /// v4: M's later reports (workload pid and exit status).
+    reports: Option<OwnedFd>,
+    /// v4: the records M forwards.
+    records: Option<File>,
     old_mask: SigSet,
 }
 
-/// Forks the workload process and creates its namespace (steps 1–2 of the
-/// module documentation). Must be called while the process has a single
-/// thread, so that the child may allocate and print; it fails otherwise.
+/// The pipe buffer asked for M's records: room for bursts while T is busy
+/// (a full pipe only makes M wait, which leaves the records in the kernel).
+const RECORD_PIPE_SIZE: i32 = 1 << 20;
+
+/// The most the monitor reads from the export file in one `read()`; a
+/// longer record is read in several (spec §1.2).
+const MONITOR_READ: usize = 64 * 1024;
+
+/// Forks the child that creates the namespace (module documentation). Must
+/// be called while the process has a single thread, so that the child may
+/// allocate and print; it fails otherwise. The calling thread is the one the
+/// kernel will take verdicts from under the v4 protocol.
 ///
 /// On success the calling thread keeps SIGINT, SIGTERM, SIGHUP, SIGQUIT and
 /// SIGCHLD blocked (threads started later inherit that): the [`Monitor`]
@@ -220,35 +339,41 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, OrchestrateError> {
     if opts.argv.is_empty() {
         return Err(OrchestrateError::Command("no command to run".into()));
     }
+    let commands = opts.commands()?;
+    if commands.iter().any(|(g, _)| *g == Generation::Key) {
+        check_key(&opts.key)?;
+    }
     let argv = opts
         .argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| OrchestrateError::Command("a command argument contains a NUL byte".into()))?;
-    let mut line = opts.external.clone().into_bytes();
-    line.push(b'\n');
-    if line.len() > MAX_CONTROL_COMMAND {
-        return Err(OrchestrateError::Command(format!(
-            "the command {:?} is longer than the kernel's {MAX_CONTROL_COMMAND} bytes",
-            opts.external
-        )));
-    }
-    let control_path = opts.tsem_root.join("control");
-    let control = OpenOptions::new()
-        .write(true)
-        .open(&control_path)
-        .map_err(|source| OrchestrateError::Io {
-            what: format!("opening {}", control_path.display()),
-            source,
-        })?;
-    let id_path = opts.tsem_root.join("id");
-    let id = File::open(&id_path).map_err(|source| OrchestrateError::Io {
-        what: format!("opening {}", id_path.display()),
-        source,
-    })?;
-    let (id_r, id_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    let open = |name: &str, write: bool| {
+        let path = opts.tsem_root.join(name);
+        OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open(&path)
+            .map_err(|source| OrchestrateError::Io {
+                what: format!("opening {}", path.display()),
+                source,
+            })
+    };
+    let control = open("control", true)?;
+    let id = open("id", false)?;
+    // The directory, so that M opens `external_tma/<id>` by name only.
+    let export_dir = open("external_tma", false)?;
+    let (report_r, report_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    let (records_r, records_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    // Best effort: a smaller pipe works too, with less slack.
+    let _ = nix::fcntl::fcntl(
+        &records_w,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(RECORD_PIPE_SIZE),
+    );
     let mut old_mask = SigSet::empty();
     pthread_sigmask(
         SigmaskHow::SIG_BLOCK,
@@ -259,12 +384,16 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, OrchestrateError> {
     let child = Child {
         control,
         id,
-        id_w,
+        export_dir,
+        report_w,
         go_r,
-        line: &line,
+        records_w,
+        commands: &commands,
+        enforce: opts.enforce,
         argv: &argv,
         old_mask: &old_mask,
         id_timeout: opts.id_timeout,
+        buffer: vec![0u8; MONITOR_READ],
     };
     // SAFETY: the process has one thread (checked above), so the child is a
     // complete copy of it and may use any function; it never returns.
@@ -274,25 +403,32 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, OrchestrateError> {
             Err(sys("forking the workload process")(e))
         }
         Ok(ForkResult::Child) => {
-            drop(id_r);
-            drop(go_w);
+            drop((report_r, go_w, records_r));
             child.run()
         }
         Ok(ForkResult::Parent { child: pid }) => {
             drop(child);
             // Beyond the child's own limit: it reports its timeout itself.
             let timeout = opts.id_timeout + Duration::from_secs(5);
-            let report = read_handshake(&id_r, timeout);
+            let report = read_handshake(&report_r, timeout);
             // From here on, dropping `launched` ends and reaps the child.
             let mut launched = Launched {
                 pid,
                 namespace: 0,
+                generation: Generation::Tnum,
                 go: Some(go_w),
+                reports: None,
+                records: None,
                 old_mask,
             };
             match report {
-                Ok(namespace) => {
+                Ok((namespace, generation)) => {
                     launched.namespace = namespace;
+                    launched.generation = generation;
+                    if generation == Generation::Key {
+                        launched.reports = Some(report_r);
+                        launched.records = Some(File::from(records_r));
+                    }
                     Ok(launched)
                 }
                 Err(e) => {
@@ -305,7 +441,7 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, OrchestrateError> {
 }
 
 impl Launched {
-    /// The workload's process id.
+    /// The forked child's process id (the monitor under v4, else the workload).
     pub fn pid(&self) -> Pid {
         self.pid
     }
@@ -315,8 +451,21 @@ impl Launched {
         self.namespace
     }
 
-    /// Lets the workload execute its command and starts following it.
-    /// Call once the export file is open (and `enforce` written).
+    /// The generation the kernel accepted.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// v4: the namespace's records as M forwards them (a pipe that ends
+    /// when the namespace has no task left); `None` under the 2025 protocol,
+    /// where the caller opens `external_tma/<id>` itself. Taken once.
+    pub fn take_records(&mut self) -> Option<File> {
+        self.records.take()
+    }
+
+    /// Lets the workload start its command and starts following it. Under
+    /// the 2025 protocol, call once the export file is open (and `enforce`
+    /// written).
     pub fn release(mut self) -> Result<Monitor, OrchestrateError> {
         let sfd = SignalFd::with_flags(
             &handled_signals(),
@@ -328,8 +477,20 @@ impl Launched {
             .take()
             .ok_or_else(|| OrchestrateError::Startup("released twice".into()))?;
         write_all(&go, b"g").map_err(sys("releasing the workload"))?;
-        drop(go);
-        Monitor::start(self.pid, sfd)
+        let followed = match self.reports.take() {
+            // M waits for `a` (pid known) before it reaps anything, and
+            // ends when the pipe closes: keep it.
+            Some(reports) => Followed::Monitored {
+                monitor: self.pid,
+                reports,
+                acks: go,
+            },
+            None => {
+                drop(go);
+                Followed::Child(self.pid)
+            }
+        };
+        Monitor::start(followed, sfd)
     }
 }
 
@@ -344,7 +505,7 @@ impl Drop for Launched {
     }
 }
 
-fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {
+fn write_all(fd: &impl AsFd, mut buf: &[u8]) -> Result<(), Errno> {
     while !buf.is_empty() {
         match nix::unistd::write(fd, buf) {
             Ok(n) => buf = &buf[n..],
@@ -355,19 +516,28 @@ fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Reads the child's one-line report: `id N` or `error MESSAGE`.
-fn read_handshake(fd: &OwnedFd, timeout: Duration) -> Result<u64, OrchestrateError> {
+/// Reads the child's first report: `ns N GENERATION` or `error MESSAGE`.
+fn read_handshake(fd: &OwnedFd, timeout: Duration) -> Result<(u64, Generation), OrchestrateError> {
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 256];
     loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&buf[..end]);
-            if let Some(id) = line.strip_prefix("id ") {
-                return id
-                    .trim()
-                    .parse()
-                    .map_err(|_| OrchestrateError::Startup(format!("bad namespace id {id:?}")));
+            if let Some(rest) = line.strip_prefix("ns ") {
+                let mut words = rest.split(' ');
+                let id = words.next().and_then(|w| w.parse().ok());
+                let generation = match words.next() {
+                    Some("key") => Some(Generation::Key),
+                    Some("tnum") => Some(Generation::Tnum),
+                    _ => None,
+                };
+                return match (id, generation) {
+                    (Some(id), Some(g)) => Ok((id, g)),
+                    _ => Err(OrchestrateError::Startup(format!(
+                        "bad namespace report {line:?}"
+                    ))),
+                };
             }
             if let Some(message) = line.strip_prefix("error ") {
                 return Err(OrchestrateError::Namespace(message.to_owned()));
@@ -392,7 +562,9 @@ fn read_handshake(fd: &OwnedFd, timeout: Duration) -> Result<u64, OrchestrateErr
             Ok(_) => {}
             Err(e) => return Err(sys("waiting for the workload process")(e)),
         }
-        match nix::unistd::read(fd, &mut chunk) {
+        // One byte at a time: nothing after the first line may be consumed
+        // here (M's later reports are read by the monitor thread).
+        match nix::unistd::read(fd, &mut chunk[..1]) {
             Ok(0) => {
                 return Err(OrchestrateError::Startup(
                     "it ended before reporting the namespace".into(),
@@ -409,12 +581,17 @@ fn read_handshake(fd: &OwnedFd, timeout: Duration) -> Result<u64, OrchestrateErr
 struct Child<'a> {
     control: File,
     id: File,
-    id_w: OwnedFd,
+    export_dir: File,
+    report_w: OwnedFd,
     go_r: OwnedFd,
-    line: &'a [u8],
+    records_w: OwnedFd,
+    commands: &'a [(Generation, Vec<u8>)],
+    enforce: bool,
     argv: &'a [CString],
     old_mask: &'a SigSet,
     id_timeout: Duration,
+    /// M's read buffer, allocated before the fork.
+    buffer: Vec<u8>,
 }
 
 /// Reads the namespace id from offset 0 (the kernel computes it per read).
@@ -431,23 +608,79 @@ fn exit_child(code: i32) -> ! {
     unsafe { nix::libc::_exit(code) }
 }
 
+/// Formats `prefix N\n` into a stack buffer (M allocates nothing once in the
+/// namespace, spec §7.1) and writes it to `fd`.
+fn report_number(fd: &OwnedFd, prefix: &str, n: i64) -> Result<(), Errno> {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut cursor = io::Cursor::new(&mut buf[..]);
+    let _ = writeln!(cursor, "{prefix} {n}");
+    let len = cursor.position() as usize;
+    write_all(fd, &buf[..len])
+}
+
+/// `prctl(PR_SET_CHILD_SUBREAPER)`: orphans of the namespace are reparented
+/// to M, so M sees every task of the namespace end.
+fn set_subreaper(on: bool) -> Result<(), Errno> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe {
+        nix::libc::prctl(
+            nix::libc::PR_SET_CHILD_SUBREAPER,
+            nix::libc::c_ulong::from(on),
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 impl Child<'_> {
     fn fail(&self, message: &str) -> ! {
-        let _ = write_all(&self.id_w, format!("error {message}\n").as_bytes());
+        let _ = write_all(&self.report_w, format!("error {message}\n").as_bytes());
         exit_child(1)
+    }
+
+    /// Writes `external …`, trying the generations in order; returns the one
+    /// the kernel accepted.
+    fn create_namespace(&self) -> Generation {
+        let wants_key = self.commands.iter().any(|(g, _)| *g == Generation::Key);
+        // Before `external`: inside the namespace prctl would be an event
+        // that M, its only forwarder, could never get answered.
+        if wants_key {
+            if let Err(e) = set_subreaper(true) {
+                self.fail(&format!("cannot become a child subreaper: {e}"));
+            }
+        }
+        let mut refused = Vec::new();
+        for (generation, line) in self.commands {
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            // One write(): the kernel takes exactly one command per write.
+            match nix::unistd::write(&self.control, line) {
+                Ok(n) if n == line.len() => {
+                    if *generation == Generation::Tnum && wants_key {
+                        // The 2025 child becomes the workload itself.
+                        let _ = set_subreaper(false);
+                    }
+                    return *generation;
+                }
+                Ok(n) => self.fail(&format!("short write of {text:?} to control ({n} bytes)")),
+                // EINVAL: this kernel speaks another generation; try the next.
+                Err(Errno::EINVAL) => refused.push(format!("{text:?}")),
+                Err(e) => self.fail(&format!("writing {text:?} to control: {e}")),
+            }
+        }
+        self.fail(&format!(
+            "the kernel refused {} (Invalid argument)",
+            refused.join(" and ")
+        ))
     }
 
     fn run(self) -> ! {
         let before = read_id(&self.id);
-        let command = String::from_utf8_lossy(&self.line[..self.line.len() - 1]).into_owned();
-        // One write(): the kernel takes exactly one command per write.
-        match nix::unistd::write(&self.control, self.line) {
-            Ok(n) if n == self.line.len() => {}
-            Ok(n) => self.fail(&format!(
-                "short write of {command:?} to control ({n} bytes)"
-            )),
-            Err(e) => self.fail(&format!("writing {command:?} to control: {e}")),
-        }
+        let generation = self.create_namespace();
+        // v4 answers `id` for the reader at once; a 2025 kernel (and the
+        // simulator) may take a moment, as Quixote's 200 µs polling expects.
         let deadline = Instant::now() + self.id_timeout;
         let namespace = loop {
             match read_id(&self.id) {
@@ -456,55 +689,230 @@ impl Child<'_> {
             }
             if Instant::now() >= deadline {
                 self.fail(&format!(
-                    "the namespace id did not change within {:?} after {command:?}",
+                    "the namespace id did not change within {:?}",
                     self.id_timeout
                 ));
             }
             std::thread::sleep(Duration::from_micros(200));
         };
-        if write_all(&self.id_w, format!("id {namespace}\n").as_bytes()).is_err() {
+        match generation {
+            Generation::Tnum => self.run_2025(namespace),
+            Generation::Key => self.run_monitor(namespace),
+        }
+    }
+
+    /// Waits for T's go-ahead (`g`); false when T went away.
+    fn wait_go(&self) -> bool {
+        let mut b = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.go_r, &mut b) {
+                Ok(1) if b[0] == b'g' => return true,
+                Err(Errno::EINTR) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// The 2025 structure: report the id, wait until T reads the export
+    /// file (from here on every hooked operation of this process is an
+    /// event that waits for it), then become the workload.
+    fn run_2025(self, namespace: u64) -> ! {
+        if write_all(
+            &self.report_w,
+            format!("ns {namespace} {}\n", Generation::Tnum.word()).as_bytes(),
+        )
+        .is_err()
+            || !self.wait_go()
+        {
             exit_child(1);
         }
         let Child {
             control,
             id,
-            id_w,
+            export_dir,
+            report_w,
             go_r,
+            records_w,
             argv,
             old_mask,
             ..
         } = self;
-        drop((control, id, id_w));
-        // Wait until the parent reads the export file: from here on every
-        // hooked operation of this process is an event that waits for it.
-        let mut b = [0u8; 1];
-        loop {
-            match nix::unistd::read(&go_r, &mut b) {
-                Ok(1) if b[0] == b'g' => break,
-                Err(Errno::EINTR) => {}
-                _ => exit_child(1),
+        drop((control, id, export_dir, report_w, go_r, records_w));
+        exec_workload(argv, old_mask)
+    }
+
+    /// The v4 monitor M (spec §7.1): in the namespace, enforce, open the
+    /// export file, start the workload, forward records until no task is left.
+    fn run_monitor(mut self, namespace: u64) -> ! {
+        if self.enforce {
+            // `enforce` applies to the writer's namespace: M's, now.
+            if let Err(e) = nix::unistd::write(&self.control, b"enforce\n") {
+                self.fail(&format!("writing enforce to control: {e}"));
             }
         }
-        drop(go_r);
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
-        // The Rust runtime ignores SIGPIPE, and an ignored signal stays
-        // ignored across exec: give the workload the default back.
-        // SAFETY: setting a default disposition installs no handler.
-        let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-        if let Err(e) = drop_mac_admin() {
-            eprintln!("tsem-stream: cannot drop CAP_MAC_ADMIN: {e}");
-            exit_child(126);
-        }
-        let err = match nix::unistd::execvp(&argv[0], argv) {
-            Err(e) => e,
-            Ok(never) => match never {},
+        let name = namespace.to_string();
+        // O_NONBLOCK changes nothing for the kernel's file (an empty queue
+        // answers ENODATA); a simulator's FIFO would block M's reads.
+        let export = match nix::fcntl::openat(
+            &self.export_dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => self.fail(&format!("opening external_tma/{name}: {e}")),
         };
-        eprintln!(
-            "tsem-stream: cannot run {}: {err}",
-            argv[0].to_string_lossy()
-        );
-        exit_child(127)
+        if write_all(
+            &self.report_w,
+            format!("ns {namespace} {}\n", Generation::Key.word()).as_bytes(),
+        )
+        .is_err()
+            || !self.wait_go()
+        {
+            exit_child(1);
+        }
+        // SAFETY: M has one thread (a copy of the single-threaded T).
+        let workload = match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                drop(export);
+                exec_workload(self.argv, self.old_mask)
+            }
+            Ok(ForkResult::Parent { child }) => child,
+            Err(e) => {
+                let _ = report_number(&self.report_w, "forkerror", e as i64);
+                exit_child(1)
+            }
+        };
+        if report_number(&self.report_w, "pid", i64::from(workload.as_raw())).is_err() {
+            exit_child(1);
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        self.forward(&export, workload, &mut buffer)
     }
+
+    /// M's loop: export records to T, reaping (once T has the workload's
+    /// pid, so that T never signals a recycled pid), until no child is left.
+    fn forward(&self, export: &OwnedFd, workload: Pid, buf: &mut [u8]) -> ! {
+        let mut acked = false;
+        let mut go_open = true;
+        loop {
+            if !self.drain(export, buf) {
+                exit_child(1);
+            }
+            if acked {
+                loop {
+                    match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) => {
+                            if pid == workload {
+                                let _ = report_number(&self.report_w, "exit", i64::from(code));
+                            }
+                        }
+                        Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                            if pid == workload {
+                                let _ = report_number(&self.report_w, "signal", sig as i64);
+                            }
+                        }
+                        Ok(WaitStatus::StillAlive) => break,
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        // No task of the namespace is left: nothing more can
+                        // be queued. Forward what is, and end.
+                        Err(_) => {
+                            let ok = self.drain(export, buf);
+                            exit_child(if ok { 0 } else { 1 });
+                        }
+                    }
+                }
+            }
+            let mut fds = [
+                PollFd::new(export.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.go_r.as_fd(), PollFlags::POLLIN),
+            ];
+            if !go_open {
+                fds[1] = PollFd::new(export.as_fd(), PollFlags::empty());
+            }
+            // The timeout bounds how late M notices an exit (SIGCHLD stays
+            // blocked in M): the wait loop above runs at least this often.
+            let _ = poll(&mut fds, PollTimeout::from(20u16));
+            if go_open
+                && fds[1]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+            {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(&self.go_r, &mut b) {
+                    Ok(1) if b[0] == b'a' => acked = true,
+                    Ok(1) | Err(Errno::EINTR | Errno::EAGAIN) => {}
+                    // T has gone: nobody can answer; reaping is safe now.
+                    _ => {
+                        go_open = false;
+                        acked = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards every queued record to T; false when T is gone.
+    ///
+    /// Each read at offset 0 dequeues one record; a record longer than the
+    /// buffer comes in several reads without a seek, and the seek back to 0
+    /// happens only at the record's end (the `\n`), as `ExportReader` does.
+    fn drain(&self, export: &OwnedFd, buf: &mut [u8]) -> bool {
+        let mut mid_record = false;
+        loop {
+            match nix::unistd::read(export, buf) {
+                Ok(0) => {
+                    if !mid_record {
+                        return true;
+                    }
+                    // The rest of an overlong record was cut: end the line.
+                    if write_all(&self.records_w, b"\n").is_err() {
+                        return false;
+                    }
+                    mid_record = false;
+                    let _ = nix::unistd::lseek(export, 0, nix::unistd::Whence::SeekSet);
+                }
+                Ok(n) => {
+                    if write_all(&self.records_w, &buf[..n]).is_err() {
+                        return false;
+                    }
+                    mid_record = buf[n - 1] != b'\n';
+                    if !mid_record {
+                        let _ = nix::unistd::lseek(export, 0, nix::unistd::Whence::SeekSet);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                // ENODATA: the queue is empty.
+                Err(_) => {
+                    let _ = nix::unistd::lseek(export, 0, nix::unistd::Whence::SeekSet);
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// The workload's last steps before its command: the signal mask and
+/// SIGPIPE of a normal process, no CAP_MAC_ADMIN, then `execvp`.
+fn exec_workload(argv: &[CString], old_mask: &SigSet) -> ! {
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    // The Rust runtime ignores SIGPIPE, and an ignored signal stays
+    // ignored across exec: give the workload the default back.
+    // SAFETY: setting a default disposition installs no handler.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    if let Err(e) = drop_mac_admin() {
+        eprintln!("tsem-stream: cannot drop CAP_MAC_ADMIN: {e}");
+        exit_child(126);
+    }
+    let err = match nix::unistd::execvp(&argv[0], argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    eprintln!(
+        "tsem-stream: cannot run {}: {err}",
+        argv[0].to_string_lossy()
+    );
+    exit_child(127)
 }
 
 /// Drops CAP_MAC_ADMIN so that the workload cannot write to `control`
@@ -568,42 +976,127 @@ impl std::fmt::Display for WorkloadExit {
     }
 }
 
+/// What the monitor thread follows.
+enum Followed {
+    /// 2025: the workload is the orchestrator's own child.
+    Child(Pid),
+    /// v4: the orchestrator's child is M, which reports the workload.
+    Monitored {
+        /// M.
+        monitor: Pid,
+        /// M's reports: `pid N`, then `exit N` or `signal N`.
+        reports: OwnedFd,
+        /// Where T acknowledges `pid` with `a` (M reaps nothing before).
+        acks: OwnedFd,
+    },
+}
+
+/// Whom [`WorkloadHandle::signal`] reaches.
+enum Target {
+    /// Not known yet (v4, before M's report).
+    Unknown,
+    /// The orchestrator's own child: its pid cannot be recycled before the
+    /// monitor reaps it, which it does under the same lock.
+    Pid(Pid),
+    /// A pidfd of M's child: never a recycled process.
+    Pidfd(OwnedFd),
+}
+
 /// State shared by the monitor thread and the handles.
 struct Shared {
-    pid: Pid,
-    /// `Some` once reaped. Held while reaping and while signalling, so a
-    /// signal never reaches a recycled pid.
+    /// The child this process reaps (the workload, or M).
+    child: Pid,
+    /// `Some` once `child` is reaped. Held while reaping and while
+    /// signalling, so a signal never reaches a recycled pid.
     status: Mutex<Option<WorkloadExit>>,
+    target: Mutex<Target>,
+    /// v4: the workload's status as M reported it.
+    reported: Mutex<Option<WorkloadExit>>,
     exited: Arc<AtomicBool>,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Option<WorkloadExit>> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-    /// Reaps the workload if it has ended; true when it has.
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: a plain system call; on success it returns a new descriptor we own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(2)`.
+fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> bool {
+    // SAFETY: a plain system call on a descriptor we own.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as i32,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+impl Shared {
+    /// Reaps the child if it has ended; true when it has.
     fn try_reap(&self, tx: &Sender<WorkloadExit>) -> bool {
-        let mut status = self.lock();
+        let mut status = lock(&self.status);
         if status.is_some() {
             return true;
         }
-        let exit = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+        let own = match waitpid(self.child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => WorkloadExit::Exited(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => WorkloadExit::Signaled(sig as i32),
             // Someone else reaped it (nothing in this program does): unknown status.
             Err(Errno::ECHILD) => WorkloadExit::Exited(255),
             _ => return false,
         };
+        // v4: M's status stands for the workload's only if M never reported it.
+        let exit = lock(&self.reported).unwrap_or(own);
         *status = Some(exit);
+        *lock(&self.target) = Target::Unknown;
         self.exited.store(true, Ordering::SeqCst);
         let _ = tx.try_send(exit);
         true
     }
 
     fn signal(&self, sig: Signal) -> bool {
-        let status = self.lock();
-        status.is_none() && kill(self.pid, sig).is_ok()
+        let status = lock(&self.status);
+        if status.is_some() {
+            return false;
+        }
+        match &*lock(&self.target) {
+            Target::Unknown => false,
+            Target::Pid(pid) => kill(*pid, sig).is_ok(),
+            Target::Pidfd(fd) => pidfd_signal(fd, sig),
+        }
+    }
+
+    /// v4: one line of M's reports.
+    fn report(&self, line: &[u8], acks: &OwnedFd) {
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.split(' ');
+        let (Some(word), Some(Ok(n))) = (words.next(), words.next().map(str::parse::<i32>)) else {
+            return;
+        };
+        match word {
+            "pid" => {
+                let pid = Pid::from_raw(n);
+                *lock(&self.target) = match pidfd_open(pid) {
+                    Some(fd) => Target::Pidfd(fd),
+                    None => Target::Pid(pid),
+                };
+                let _ = write_all(acks, b"a");
+            }
+            "exit" => *lock(&self.reported) = Some(WorkloadExit::Exited(n)),
+            "signal" => *lock(&self.reported) = Some(WorkloadExit::Signaled(n)),
+            _ => {}
+        }
     }
 }
 
@@ -638,10 +1131,16 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    fn start(pid: Pid, sfd: SignalFd) -> Result<Monitor, OrchestrateError> {
+    fn start(followed: Followed, sfd: SignalFd) -> Result<Monitor, OrchestrateError> {
+        let (child, target) = match &followed {
+            Followed::Child(pid) => (*pid, Target::Pid(*pid)),
+            Followed::Monitored { monitor, .. } => (*monitor, Target::Unknown),
+        };
         let shared = Arc::new(Shared {
-            pid,
+            child,
             status: Mutex::new(None),
+            target: Mutex::new(target),
+            reported: Mutex::new(None),
             exited: Arc::new(AtomicBool::new(false)),
         });
         let (tx, exits) = bounded(1);
@@ -649,7 +1148,7 @@ impl Monitor {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("tsem-workload".into())
-                .spawn(move || monitor_loop(&shared, &sfd, &tx))
+                .spawn(move || monitor_loop(&shared, &sfd, followed, &tx))
                 .map_err(|source| OrchestrateError::Io {
                     what: "starting the workload monitor".into(),
                     source,
@@ -662,11 +1161,6 @@ impl Monitor {
         })
     }
 
-    /// The workload's process id.
-    pub fn pid(&self) -> Pid {
-        self.shared.pid
-    }
-
     /// A handle to signal the workload.
     pub fn handle(&self) -> WorkloadHandle {
         WorkloadHandle {
@@ -674,7 +1168,8 @@ impl Monitor {
         }
     }
 
-    /// Set once the workload has ended (for [`WorkloadSource`]).
+    /// Set once the workload (v4: with every task of its namespace) has
+    /// ended (for [`WorkloadSource`]).
     pub fn exited_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.shared.exited)
     }
@@ -686,7 +1181,7 @@ impl Monitor {
 
     /// How the workload ended, once it has.
     pub fn status(&self) -> Option<WorkloadExit> {
-        *self.shared.lock()
+        *lock(&self.shared.status)
     }
 
     /// Waits until the workload ends.
@@ -716,28 +1211,106 @@ impl Monitor {
         }
     }
 
-    /// Ends the workload: SIGTERM, and SIGKILL if it is still there after `grace`.
+    /// Ends the workload when nobody can answer its events any more:
+    /// SIGTERM, and after `grace` SIGKILL for the orchestrator's child and
+    /// every process below it. A task asleep in a synchronous event wakes
+    /// only for SIGKILL (spec §7), and under v4 the namespace's other tasks
+    /// would otherwise sleep forever once M stops forwarding.
     pub fn terminate(&self, grace: Duration) -> WorkloadExit {
         self.shared.signal(Signal::SIGTERM);
         if let Some(s) = self.wait_timeout(grace) {
             return s;
         }
-        self.shared.signal(Signal::SIGKILL);
+        for _ in 0..10 {
+            let below = descendants(self.shared.child);
+            if below.is_empty() {
+                break;
+            }
+            for pid in below {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        {
+            let status = lock(&self.shared.status);
+            if status.is_none() {
+                let _ = kill(self.shared.child, Signal::SIGKILL);
+            }
+        }
         self.wait()
     }
 }
 
-fn monitor_loop(shared: &Shared, sfd: &SignalFd, tx: &Sender<WorkloadExit>) {
+/// Every process below `root` (children, their children, ...), from /proc.
+fn descendants(root: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(i32, i32)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: the fields
+            // after the last ')' are `state ppid ...`.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root.as_raw()];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found[1..].iter().map(|&p| Pid::from_raw(p)).collect()
+}
+
+fn monitor_loop(shared: &Shared, sfd: &SignalFd, followed: Followed, tx: &Sender<WorkloadExit>) {
+    let (mut reports, acks) = match followed {
+        Followed::Child(_) => (None, None),
+        Followed::Monitored { reports, acks, .. } => (Some(reports), Some(acks)),
+    };
+    let mut line = Vec::new();
     loop {
         // Checked on every round, not only on SIGCHLD: a wake-up lost for
         // any reason costs at most one poll interval.
-        if shared.try_reap(tx) {
+        if reports.is_none() && shared.try_reap(tx) {
             return;
         }
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(r) = &reports {
+            fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::from(250u16)) {
             Ok(0) | Err(_) => continue,
             Ok(_) => {}
+        }
+        let report_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+        if let (true, Some(r), Some(acks)) = (report_ready, &reports, &acks) {
+            let mut chunk = [0u8; 256];
+            match nix::unistd::read(r, &mut chunk) {
+                Ok(0) | Err(Errno::EBADF) => {
+                    // M is gone (or going): its status decides the rest.
+                    reports = None;
+                }
+                Ok(n) => {
+                    line.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = line.iter().position(|&b| b == b'\n') {
+                        shared.report(&line[..end], acks);
+                        line.drain(..=end);
+                    }
+                    // M writes short lines; anything longer is not M.
+                    if line.len() > 1024 {
+                        line.clear();
+                    }
+                }
+                Err(_) => {}
+            }
         }
         while let Ok(Some(info)) = sfd.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
@@ -993,6 +1566,70 @@ mod tests {
     }
 
     #[test]
+    fn auto_tries_the_v4_key_first_then_the_2025_command() {
+        let key = "ab".repeat(32);
+        let mut opts = LaunchOptions::new(
+            "/x",
+            ExternalOptions {
+                cache: Some(96),
+                key: Some("ignored".into()),
+                ..Default::default()
+            },
+            key.clone(),
+            vec!["true".into()],
+        );
+        let text = |o: &LaunchOptions| -> Vec<(Generation, String)> {
+            o.commands()
+                .unwrap()
+                .into_iter()
+                .map(|(g, c)| (g, String::from_utf8(c).unwrap()))
+                .collect()
+        };
+        let v4 = (Generation::Key, format!("external cache=96 key={key}\n"));
+        let v2025 = (Generation::Tnum, "external cache=96\n".to_owned());
+        assert_eq!(text(&opts), [v4.clone(), v2025.clone()]);
+        opts.generation = GenerationChoice::Only(Generation::Key);
+        assert_eq!(text(&opts), [v4]);
+        opts.generation = GenerationChoice::Only(Generation::Tnum);
+        assert_eq!(text(&opts), [v2025]);
+    }
+
+    #[test]
+    fn a_v4_key_is_64_hex_digits() {
+        assert!(check_key(&"0f".repeat(32)).is_ok());
+        for bad in [
+            "",
+            "ab",
+            &"0f".repeat(31),
+            &"zz".repeat(32),
+            &"0f".repeat(33),
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn descendants_are_found_through_proc() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5; wait"])
+            .spawn()
+            .unwrap();
+        let me = Pid::from_raw(child.id() as i32);
+        let start = Instant::now();
+        let mut found = Vec::new();
+        while found.len() < 2 && start.elapsed() < Duration::from_secs(5) {
+            found = descendants(me);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found.len(), 2, "two sleeps below the shell");
+        for p in &found {
+            let _ = kill(*p, Signal::SIGKILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
     fn exit_codes_follow_the_shell() {
         assert_eq!(WorkloadExit::Exited(0).code(), 0);
         assert_eq!(WorkloadExit::Exited(3).code(), 3);
@@ -1003,7 +1640,12 @@ mod tests {
     #[test]
     fn launching_from_a_threaded_process_is_refused() {
         // The test harness runs tests on threads.
-        let opts = LaunchOptions::new("/nonexistent", "external".into(), vec!["true".into()]);
+        let opts = LaunchOptions::new(
+            "/nonexistent",
+            ExternalOptions::default(),
+            "0".repeat(64),
+            vec!["true".into()],
+        );
         if thread_count().is_some_and(|n| n > 1) {
             assert!(matches!(launch(&opts), Err(OrchestrateError::Threads(_))));
         }

@@ -4,6 +4,7 @@
 //! until it exits, serves the management socket meanwhile, writes the model
 //! and exits with the workload's status.
 
+use std::fs::OpenOptions;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +15,16 @@ use anyhow::Context;
 use clap::ValueEnum;
 use tsem_ingest::export::ExportReader;
 use tsem_ingest::ExportKind;
-use tsem_model::Outcome;
+use tsem_model::{Mapper, Outcome};
 use tsem_pipeline::mgmt::{self, Endpoint};
 use tsem_pipeline::orchestrate::{
-    self, ExternalOptions, LaunchOptions, NsRef, WorkloadHandle, WorkloadSource,
+    self, ExternalOptions, Generation, GenerationChoice, LaunchOptions, Monitor, NsRef,
+    WorkloadHandle, WorkloadSource,
 };
-use tsem_pipeline::{ControlProtocol, Mapped, Observer, Outputs, PipelineError, VerdictWriter};
+use tsem_pipeline::{
+    ControlProtocol, Mapped, ModelSink, Observer, Outputs, PipelineError, PipelineOptions,
+    VerdictWriter,
+};
 
 use super::run::{finish, ProtocolArg, RunArgs, RunOutcome};
 
@@ -89,6 +94,18 @@ impl Observer for ProcessObserver {
     }
 }
 
+/// A fresh v4 namespace key: 32 random bytes as hex (spec §7.1), unless the
+/// user gave one.
+fn namespace_key(given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(key) = given {
+        orchestrate::check_key(key)?;
+        return Ok(key.to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random key: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// `tsem-stream run -P`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let name = args
@@ -107,13 +124,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .tsem_root
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_TSEM_ROOT));
-    let (protocol, key) = match args.control_protocol {
-        ProtocolArg::Tnum => (ControlProtocol::Tnum, None),
-        ProtocolArg::Key => {
-            let key = args.key.clone().unwrap_or_default();
-            (ControlProtocol::Key(key.clone()), Some(key))
-        }
+    let generation = match args.control_protocol {
+        ProtocolArg::Auto => GenerationChoice::Auto,
+        ProtocolArg::Key => GenerationChoice::Only(Generation::Key),
+        ProtocolArg::Tnum => GenerationChoice::Only(Generation::Tnum),
     };
+    let key = namespace_key(args.key.as_deref())?;
     let external = ExternalOptions {
         nsref: args.nsref.map(|n| match n {
             NsRefArg::Initial => NsRef::Initial,
@@ -122,9 +138,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         // The events are modeled with SHA-256 whatever the kernel's default.
         digest: Some("sha256".into()),
         cache: args.cache,
-        key,
-    }
-    .command()?;
+        key: None,
+    };
 
     // Everything that can fail for a reason of its own is done before the
     // namespace exists: the model, the control file, the socket name.
@@ -132,31 +147,97 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.enforce {
         model.set_enforcing(true);
     }
-    let (mut sink, mapper) = args.model.sink(model)?;
-    let control = root.join("control");
-    let writer = VerdictWriter::open(&control, protocol)
-        .with_context(|| format!("cannot open {}", control.display()))?;
+    let (sink, mapper) = args.model.sink(model)?;
+    let control_path = root.join("control");
+    let control = OpenOptions::new()
+        .write(true)
+        .open(&control_path)
+        .with_context(|| format!("cannot open {}", control_path.display()))?;
     let endpoint = Endpoint::bind(&args.mgmt_dir, name)?;
+    let options = args.tuning.options();
 
     // No thread may exist before this point (the child of a fork may only
-    // allocate when the parent had a single thread).
-    let launched = orchestrate::launch(&LaunchOptions::new(
-        &root,
-        external,
-        workload_argv(&args.command),
-    ))?;
+    // allocate when the parent had a single thread). This thread forks the
+    // namespace's creator: under v4 it is the only one whose verdicts the
+    // kernel takes (spec §7.1).
+    let mut launch = LaunchOptions::new(&root, external, key.clone(), workload_argv(&args.command));
+    launch.generation = generation;
+    launch.enforce = args.enforce;
+    let mut launched = orchestrate::launch(&launch)?;
     let export = root
         .join("external_tma")
         .join(launched.namespace().to_string());
+    let export_name = export.display().to_string();
     // Dropping `launched` on an error below ends the waiting child.
-    let reader = ExportReader::open(&export)
-        .map(|r| r.with_spin(Duration::from_micros(args.spin_us)))
-        .with_context(|| format!("cannot open {}", export.display()))?;
-    if args.enforce {
-        writer.command("enforce").context("writing enforce")?;
-    }
+    let (reader, writer, relay) = match launched.generation() {
+        Generation::Key => {
+            let records = launched
+                .take_records()
+                .context("the namespace monitor gave no record pipe")?;
+            let reader = ExportReader::from_file(records, options.max_record_len)
+                .context("reading the namespace monitor's pipe")?;
+            // `enforce` was written by the monitor, inside the namespace.
+            let (writer, relay) = VerdictWriter::relayed(control, ControlProtocol::Key(key));
+            (reader, writer, Some(relay))
+        }
+        Generation::Tnum => {
+            let reader = ExportReader::open(&export)
+                .map(|r| r.with_spin(Duration::from_micros(args.spin_us)))
+                .with_context(|| format!("cannot open {export_name}"))?;
+            let writer = VerdictWriter::direct(control, ControlProtocol::Tnum);
+            if args.enforce {
+                writer.command("enforce").context("writing enforce")?;
+            }
+            (reader, writer, None)
+        }
+    };
     let monitor = launched.release()?;
+    let source = WorkloadSource::new(reader, export_name, monitor.exited_flag());
+    let workload = Workload {
+        name,
+        monitor,
+        source: Box::new(source),
+        writer: Arc::new(writer),
+        endpoint,
+    };
+    match relay {
+        None => model_workload(args, workload, sink, mapper, &options),
+        // The modeling runs on other threads; this one writes every verdict.
+        Some(relay) => std::thread::scope(|scope| {
+            let modeling = scope.spawn(|| model_workload(args, workload, sink, mapper, &options));
+            relay.serve();
+            modeling
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the modeling thread panicked")))
+        }),
+    }
+}
 
+/// A started workload and what modeling it needs.
+struct Workload<'a> {
+    name: &'a str,
+    monitor: Monitor,
+    source: Box<WorkloadSource<ExportReader>>,
+    writer: Arc<VerdictWriter>,
+    endpoint: Endpoint,
+}
+
+/// Models a released workload until its input ends, then writes the outputs.
+/// The verdict writer is dropped on return (which ends a relay).
+fn model_workload(
+    args: &RunArgs,
+    workload: Workload<'_>,
+    mut sink: ModelSink,
+    mapper: Arc<Mapper>,
+    options: &PipelineOptions,
+) -> anyhow::Result<ExitCode> {
+    let Workload {
+        name,
+        monitor,
+        source,
+        writer,
+        endpoint,
+    } = workload;
     let (req_tx, req_rx) = mgmt::request_channel();
     // From here on, a failure must not leave the workload running unmodeled.
     let setup = || -> anyhow::Result<_> {
@@ -171,16 +252,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (server, tap) = match setup() {
         Ok(v) => v,
         Err(e) => {
+            drop(writer);
             monitor.terminate(TERMINATE_GRACE);
             return Err(e);
         }
     };
-
-    let source = Box::new(WorkloadSource::new(
-        reader,
-        export.display().to_string(),
-        monitor.exited_flag(),
-    ));
     let mut observer = ProcessObserver {
         workload: monitor.handle(),
         enforcing: args.enforce,
@@ -191,11 +267,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         mapper,
         &mut sink,
         Outputs {
-            verdicts: Some(Arc::new(writer)),
+            verdicts: Some(writer),
             tap,
             requests: Some(req_rx.clone()),
         },
-        &args.tuning.options(),
+        options,
         &mut observer,
     );
     let (stats, stopped_on_error, failure) = match result {

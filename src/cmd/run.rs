@@ -30,13 +30,17 @@ pub enum SummaryFormat {
     Text,
 }
 
-/// Release protocol for verdicts.
+/// Release protocol for verdicts (and, with -P, the process structure).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
 pub enum ProtocolArg {
-    /// `trusted pid=P tnum=T` (2025 kernels, Quixote v1.8).
+    /// Whichever the kernel takes: with -P, `external key=` (v4) first, then
+    /// plain `external` (2025); without -P, `key` when --key is given, else `tnum`.
     #[default]
+    Auto,
+    /// `trusted pid=P tnum=T` (2025 kernels, Quixote v1.8).
     Tnum,
-    /// `trusted pid=P key=HEX` (2024 kernels, Quixote v1.7).
+    /// `trusted pid=P key=HEX` (2024 v4 kernels, Quixote v1.7); with -P the
+    /// namespace's monitor process reads the export file inside the namespace.
     Key,
 }
 
@@ -105,8 +109,9 @@ pub struct RunArgs {
     /// Process mode: the kernel's cache of atomic-context events (`external cache=N`).
     #[arg(long, value_name = "N", requires = "process")]
     pub cache: Option<u32>,
-    /// The namespace key for `--control-protocol key`.
-    #[arg(long, value_name = "HEX", required_if_eq("control_protocol", "key"))]
+    /// The namespace key of the `key` protocol (64 hex digits). With -P the
+    /// default is 32 fresh random bytes; without -P it is needed for `key`.
+    #[arg(long, value_name = "HEX")]
     pub key: Option<String>,
     #[command(flatten)]
     pub publish: Box<super::fleet::PublishArgs>,
@@ -305,9 +310,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
             (Some(root), Some(ns)) => {
-                let protocol = match args.control_protocol {
-                    ProtocolArg::Tnum => ControlProtocol::Tnum,
-                    ProtocolArg::Key => ControlProtocol::Key(args.key.clone().unwrap_or_default()),
+                let protocol = match (args.control_protocol, &args.key) {
+                    (ProtocolArg::Key | ProtocolArg::Auto, Some(key)) => {
+                        ControlProtocol::Key(key.clone())
+                    }
+                    (ProtocolArg::Key, None) => {
+                        anyhow::bail!("--control-protocol key needs the namespace's --key")
+                    }
+                    (ProtocolArg::Tnum | ProtocolArg::Auto, _) => ControlProtocol::Tnum,
                 };
                 let control = root.join("control");
                 let writer = VerdictWriter::open(&control, protocol)
