@@ -149,6 +149,7 @@ fn main() -> ExitCode {
     // relay thread, say) through `tracing`: warnings and errors go to stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::WARN)
         .with_target(false)
         .without_time()

@@ -316,6 +316,9 @@ pub struct ExportReader<I = File> {
     spin: Duration,
     /// End of the current spin, once the queue was found empty.
     spin_until: Option<Instant>,
+    /// The last read found the input empty: a caller that waits goes
+    /// straight to `poll` (a second read would only find it empty again).
+    drained: bool,
 }
 
 impl ExportReader<File> {
@@ -365,6 +368,7 @@ impl<I: ExportIo> ExportReader<I> {
             stats: ReadStats::default(),
             spin: Duration::ZERO,
             spin_until: None,
+            drained: false,
         }
     }
 
@@ -424,6 +428,17 @@ impl<I: ExportIo> ExportReader<I> {
                 }
             }
             let mid_record = !self.framer.is_empty();
+            if self.drained && self.spin.is_zero() {
+                self.drained = false;
+                let left = remaining(deadline);
+                if unlimited || left != Some(Duration::ZERO) {
+                    self.stats.polls += 1;
+                    let wait = if unlimited { None } else { left };
+                    if !self.io.wait_readable(wait)? && !unlimited {
+                        return Ok(Next::Idle);
+                    }
+                }
+            }
             match self.io.read(self.framer.spare()) {
                 Ok(0) => {
                     self.stats.reads += 1;
@@ -451,6 +466,7 @@ impl<I: ExportIo> ExportReader<I> {
                     self.stats.empty += 1;
                     let left = remaining(deadline);
                     if !unlimited && left == Some(Duration::ZERO) {
+                        self.drained = true;
                         return Ok(Next::Idle);
                     }
                     if !self.spin.is_zero() {

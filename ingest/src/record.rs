@@ -233,6 +233,17 @@ impl<'a> EventView<'a> {
         self.header.str("pid").ok().flatten()
     }
 
+    /// `event.context` (the namespace id), printed by v4 and later kernels.
+    pub fn context(&self) -> Option<&'a str> {
+        self.header.str("context").ok().flatten()
+    }
+
+    /// `event.number`, the kernel's count of the namespace's events
+    /// (v4 and later kernels): a gap means an event never exported.
+    pub fn number(&self) -> Option<&'a str> {
+        self.header.str("number").ok().flatten()
+    }
+
     /// `event.tnum`, present in export records of 2025 kernels.
     pub fn tnum(&self) -> Option<&'a str> {
         self.header.str("tnum").ok().flatten()

@@ -13,8 +13,8 @@ pub mod stats;
 pub mod verdict;
 
 pub use engine::{
-    run, ErrorPolicy, LineTap, Mapped, ModelRequest, NoObserver, Observer, Outputs, PipelineError,
-    PipelineOptions, TapBatch, TeeTap, VerdictPolicy,
+    run, run_answering_here, ErrorPolicy, LineTap, Mapped, ModelRequest, NoObserver, Observer,
+    Outputs, PipelineError, PipelineOptions, Serial, TapBatch, TeeTap, VerdictPolicy,
 };
 pub use sink::ModelSink;
 pub use source::{Fetch, RecordSource};

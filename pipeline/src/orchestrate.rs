@@ -793,13 +793,22 @@ impl Child<'_> {
     /// M's loop: export records to T, reaping (once T has the workload's
     /// pid, so that T never signals a recycled pid), until no child is left.
     fn forward(&self, export: &OwnedFd, workload: Pid, buf: &mut [u8]) -> ! {
+        // SIGCHLD is blocked in M (inherited from T): a signalfd makes an
+        // exit wake the poll below. Without one, the poll timeout alone
+        // paces the reaping.
+        let mut only_chld = SigSet::empty();
+        only_chld.add(Signal::SIGCHLD);
+        let chld =
+            SignalFd::with_flags(&only_chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
         let mut acked = false;
         let mut go_open = true;
+        let mut reap = false;
         loop {
             if !self.drain(export, buf) {
                 exit_child(1);
             }
-            if acked {
+            if acked && reap {
+                reap = false;
                 loop {
                     match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                         Ok(WaitStatus::Exited(pid, code)) => {
@@ -823,29 +832,47 @@ impl Child<'_> {
                     }
                 }
             }
+            let idle = || PollFd::new(export.as_fd(), PollFlags::empty());
             let mut fds = [
                 PollFd::new(export.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.go_r.as_fd(), PollFlags::POLLIN),
+                if go_open {
+                    PollFd::new(self.go_r.as_fd(), PollFlags::POLLIN)
+                } else {
+                    idle()
+                },
+                match &chld {
+                    Some(fd) => PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+                    None => idle(),
+                },
             ];
-            if !go_open {
-                fds[1] = PollFd::new(export.as_fd(), PollFlags::empty());
+            let timeout: u16 = if chld.is_some() { 1000 } else { 20 };
+            if let Ok(0) = poll(&mut fds, PollTimeout::from(timeout)) {
+                // A safety net: look for exits anyway.
+                reap = true;
             }
-            // The timeout bounds how late M notices an exit (SIGCHLD stays
-            // blocked in M): the wait loop above runs at least this often.
-            let _ = poll(&mut fds, PollTimeout::from(20u16));
-            if go_open
-                && fds[1]
-                    .revents()
+            let ready = |f: &PollFd| {
+                f.revents()
                     .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
-            {
+            };
+            if ready(&fds[2]) {
+                if let Some(fd) = &chld {
+                    while let Ok(Some(_)) = fd.read_signal() {}
+                }
+                reap = true;
+            }
+            if go_open && ready(&fds[1]) {
                 let mut b = [0u8; 1];
                 match nix::unistd::read(&self.go_r, &mut b) {
-                    Ok(1) if b[0] == b'a' => acked = true,
+                    Ok(1) if b[0] == b'a' => {
+                        acked = true;
+                        reap = true;
+                    }
                     Ok(1) | Err(Errno::EINTR | Errno::EAGAIN) => {}
                     // T has gone: nobody can answer; reaping is safe now.
                     _ => {
                         go_open = false;
                         acked = true;
+                        reap = true;
                     }
                 }
             }

@@ -56,6 +56,8 @@ pub struct Stats {
     pub by_type: [u64; 89],
     /// Bad lines.
     pub errors: u64,
+    /// Events the kernel numbered but nobody received (gaps in `event.number`).
+    pub lost_events: u64,
     /// Times the reader found the work queue full (back-pressure).
     pub stalls: u64,
     /// Times the sequencer found the archive queue full (slow archive storage).
@@ -90,6 +92,7 @@ impl Stats {
             by_export: [0; 5],
             by_type: [0; 89],
             errors: 0,
+            lost_events: 0,
             stalls: 0,
             tap_stalls: 0,
             max_queue_depth: 0,
@@ -180,6 +183,7 @@ impl Stats {
                 "async_event": self.by_export[2], "log": self.by_export[3], "trajectory": self.by_export[4],
             },
             "by_event_type": types,
+            "lost_events": self.lost_events,
             "backpressure_stalls": self.stalls,
             "archive_stalls": self.tap_stalls,
             "max_queue_depth": self.max_queue_depth,

@@ -1,27 +1,17 @@
 //! Verdicts to the kernel's control file (spec §1.1, §7): one command per
 //! `write()`, `\n`-terminated.
 //!
-//! Two ways to write them, because the kernel generations disagree on *who*
-//! may write:
-//!
-//! * 2025 kernels (spec §7): any thread of the TMA may release a task, so
-//!   the workers write each verdict the moment they map the event
-//!   ([`VerdictWriter::open`]).
-//! * v4 kernels (spec §7.1): the kernel accepts `trusted`/`untrusted` only
-//!   from the one thread that forked the namespace's creator
-//!   (`tma_for_ns` is set on that thread and is inherited by nobody);
-//!   from any other thread the write fails with `EINVAL` and the task
-//!   sleeps forever. There the workers hand their verdicts to a
-//!   [`VerdictRelay`] that the forking thread serves
-//!   ([`VerdictWriter::relayed`]).
+//! Which thread writes them matters on v4 kernels (spec §7.1): the kernel
+//! accepts `trusted`/`untrusted` only from the one thread that forked the
+//! namespace's creator, and answers `EINVAL` to any other (the task then
+//! sleeps forever). The writer itself writes on the calling thread; process
+//! mode arranges for that thread to be the right one
+//! (`tsem_pipeline::run_answering_here`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use crossbeam_channel::{unbounded, Receiver, Sender};
 
 /// Identity of a task waiting for (or owed) a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,93 +31,19 @@ pub enum ControlProtocol {
     Key(String),
 }
 
-/// The longest command a verdict can be (`untrusted pid=… key=<64 hex>\n`
-/// is 102 bytes); the kernel takes at most 127 [K-v3 fs.c].
+/// Room for the longest verdict (`untrusted pid=… key=<64 hex>\n` is 102
+/// bytes); the kernel takes at most 127 [K-v3 fs.c].
 const MAX_VERDICT: usize = 160;
-
-/// One verdict command, formatted without allocating.
-#[derive(Clone, Copy)]
-struct Command {
-    bytes: [u8; MAX_VERDICT],
-    len: u8,
-    trusted: bool,
-}
-
-/// Verdict counters, shared by the writer and its relay.
-#[derive(Debug, Default)]
-struct Counters {
-    trusted: AtomicU64,
-    untrusted: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl Counters {
-    fn count(&self, trusted: bool) {
-        let c = if trusted {
-            &self.trusted
-        } else {
-            &self.untrusted
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Where the commands go.
-#[derive(Debug)]
-enum Output {
-    /// Written by the calling thread.
-    Direct(File),
-    /// Sent to the thread that serves the [`VerdictRelay`].
-    Relay(Sender<Command>),
-}
 
 /// Writes `trusted`/`untrusted` commands to the control file. Shared by all
 /// workers: each command is a single `write()` on the same descriptor, which
 /// the kernel (and a pipe, below PIPE_BUF) treats atomically, so no lock is needed.
 #[derive(Debug)]
 pub struct VerdictWriter {
-    output: Output,
-    protocol: ControlProtocol,
-    counters: Arc<Counters>,
-}
-
-/// The writing end of a relayed [`VerdictWriter`]: serve it on the thread
-/// that the kernel accepts verdicts from (spec §7.1).
-pub struct VerdictRelay {
     file: File,
-    commands: Receiver<Command>,
-    counters: Arc<Counters>,
-}
-
-impl VerdictRelay {
-    /// Writes every verdict the writer's users send, until the writer and
-    /// all its clones are dropped. Must run on the thread that forked the
-    /// namespace's creator. A refused verdict is counted (see
-    /// [`VerdictWriter::failures`]) and logged; the relay goes on, so one
-    /// refusal does not leave every later task asleep too. Returns the
-    /// counts of verdicts written: (trusted, untrusted, refused).
-    pub fn serve(self) -> (u64, u64, u64) {
-        for c in self.commands.iter() {
-            match write_once(&self.file, &c.bytes[..c.len as usize]) {
-                Ok(()) => self.counters.count(c.trusted),
-                Err(e) => {
-                    let n = self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    if n < 8 {
-                        tracing::warn!(
-                            "verdict {:?} refused: {e}",
-                            String::from_utf8_lossy(&c.bytes[..c.len as usize]).trim_end()
-                        );
-                    }
-                }
-            }
-        }
-        let c = &self.counters;
-        (
-            c.trusted.load(Ordering::Relaxed),
-            c.untrusted.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
-        )
-    }
+    protocol: ControlProtocol,
+    trusted: AtomicU64,
+    untrusted: AtomicU64,
 }
 
 impl VerdictWriter {
@@ -135,35 +51,17 @@ impl VerdictWriter {
     /// thread that calls [`VerdictWriter::release`].
     pub fn open(control: &Path, protocol: ControlProtocol) -> io::Result<VerdictWriter> {
         let file = OpenOptions::new().write(true).open(control)?;
-        Ok(VerdictWriter::direct(file, protocol))
+        Ok(VerdictWriter::from_file(file, protocol))
     }
 
-    /// A writer over an open control file, written by the calling thread.
-    pub fn direct(file: File, protocol: ControlProtocol) -> VerdictWriter {
+    /// A writer over an open control file.
+    pub fn from_file(file: File, protocol: ControlProtocol) -> VerdictWriter {
         VerdictWriter {
-            output: Output::Direct(file),
+            file,
             protocol,
-            counters: Arc::default(),
+            trusted: AtomicU64::new(0),
+            untrusted: AtomicU64::new(0),
         }
-    }
-
-    /// A writer whose commands are written by whichever thread serves the
-    /// returned [`VerdictRelay`] (spec §7.1: only the forking thread may).
-    pub fn relayed(file: File, protocol: ControlProtocol) -> (VerdictWriter, VerdictRelay) {
-        let (tx, rx) = unbounded();
-        let counters = Arc::<Counters>::default();
-        (
-            VerdictWriter {
-                output: Output::Relay(tx),
-                protocol,
-                counters: Arc::clone(&counters),
-            },
-            VerdictRelay {
-                file,
-                commands: rx,
-                counters,
-            },
-        )
     }
 
     /// Writes one control command (e.g. `enforce`), adding the `\n`.
@@ -171,12 +69,7 @@ impl VerdictWriter {
         let mut line = Vec::with_capacity(text.len() + 1);
         line.extend_from_slice(text.as_bytes());
         line.push(b'\n');
-        match &self.output {
-            Output::Direct(file) => write_once(file, &line),
-            Output::Relay(_) => Err(io::Error::other(
-                "control commands other than verdicts are not relayed",
-            )),
-        }
+        write_once(&self.file, &line)
     }
 
     /// Releases a task as trusted or untrusted.
@@ -194,34 +87,22 @@ impl VerdictWriter {
             (ControlProtocol::Tnum, None) => writeln!(cursor, "{word} pid={}", task.pid)?,
         }
         let len = cursor.position() as usize;
-        match &self.output {
-            Output::Direct(file) => {
-                write_once(file, &bytes[..len])?;
-                self.counters.count(trusted);
-                Ok(())
-            }
-            Output::Relay(tx) => tx
-                .send(Command {
-                    bytes,
-                    len: len as u8,
-                    trusted,
-                })
-                .map_err(|_| io::Error::other("the verdict relay has stopped")),
-        }
+        write_once(&self.file, &bytes[..len])?;
+        let counter = if trusted {
+            &self.trusted
+        } else {
+            &self.untrusted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Counts of (trusted, untrusted) verdicts written.
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.counters.trusted.load(Ordering::Relaxed),
-            self.counters.untrusted.load(Ordering::Relaxed),
+            self.trusted.load(Ordering::Relaxed),
+            self.untrusted.load(Ordering::Relaxed),
         )
-    }
-
-    /// Verdicts the relay could not write (always 0 for a direct writer,
-    /// whose failures are returned by [`VerdictWriter::release`]).
-    pub fn failures(&self) -> u64 {
-        self.counters.failed.load(Ordering::Relaxed)
     }
 }
 
@@ -286,44 +167,6 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "untrusted pid=9 key=ab\n"
-        );
-    }
-
-    #[test]
-    fn a_relayed_writer_writes_on_the_serving_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control");
-        std::fs::write(&path, b"").unwrap();
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
-        let (writer, relay) = VerdictWriter::relayed(file, ControlProtocol::Key("cd".into()));
-        let writer = Arc::new(writer);
-        let workers: Vec<_> = (0..4u64)
-            .map(|i| {
-                let w = Arc::clone(&writer);
-                std::thread::spawn(move || w.release(Task { pid: i, tnum: None }, i != 2))
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap().unwrap();
-        }
-        // Other commands must come from the namespace's own monitor (spec §7.1).
-        assert!(writer.command("enforce").is_err());
-        drop(writer);
-        assert_eq!(relay.serve(), (3, 1, 0));
-        let mut lines: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        assert_eq!(
-            lines,
-            [
-                "trusted pid=0 key=cd",
-                "trusted pid=1 key=cd",
-                "trusted pid=3 key=cd",
-                "untrusted pid=2 key=cd"
-            ]
         );
     }
 }

@@ -169,53 +169,45 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .join(launched.namespace().to_string());
     let export_name = export.display().to_string();
     // Dropping `launched` on an error below ends the waiting child.
-    let (reader, writer, relay) = match launched.generation() {
+    let generation = launched.generation();
+    let (reader, protocol) = match generation {
         Generation::Key => {
             let records = launched
                 .take_records()
                 .context("the namespace monitor gave no record pipe")?;
+            // `enforce` was written by the monitor, inside the namespace.
             let reader = ExportReader::from_file(records, options.max_record_len)
                 .context("reading the namespace monitor's pipe")?;
-            // `enforce` was written by the monitor, inside the namespace.
-            let (writer, relay) = VerdictWriter::relayed(control, ControlProtocol::Key(key));
-            (reader, writer, Some(relay))
+            (reader, ControlProtocol::Key(key))
         }
         Generation::Tnum => {
             let reader = ExportReader::open(&export)
                 .map(|r| r.with_spin(Duration::from_micros(args.spin_us)))
                 .with_context(|| format!("cannot open {export_name}"))?;
-            let writer = VerdictWriter::direct(control, ControlProtocol::Tnum);
-            if args.enforce {
-                writer.command("enforce").context("writing enforce")?;
-            }
-            (reader, writer, None)
+            (reader, ControlProtocol::Tnum)
         }
     };
+    let writer = VerdictWriter::from_file(control, protocol);
+    if generation == Generation::Tnum && args.enforce {
+        writer.command("enforce").context("writing enforce")?;
+    }
     let monitor = launched.release()?;
     let source = WorkloadSource::new(reader, export_name, monitor.exited_flag());
     let workload = Workload {
         name,
+        generation,
         monitor,
         source: Box::new(source),
         writer: Arc::new(writer),
         endpoint,
     };
-    match relay {
-        None => model_workload(args, workload, sink, mapper, &options),
-        // The modeling runs on other threads; this one writes every verdict.
-        Some(relay) => std::thread::scope(|scope| {
-            let modeling = scope.spawn(|| model_workload(args, workload, sink, mapper, &options));
-            relay.serve();
-            modeling
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the modeling thread panicked")))
-        }),
-    }
+    model_workload(args, workload, sink, mapper, &options)
 }
 
 /// A started workload and what modeling it needs.
 struct Workload<'a> {
     name: &'a str,
+    generation: Generation,
     monitor: Monitor,
     source: Box<WorkloadSource<ExportReader>>,
     writer: Arc<VerdictWriter>,
@@ -223,7 +215,6 @@ struct Workload<'a> {
 }
 
 /// Models a released workload until its input ends, then writes the outputs.
-/// The verdict writer is dropped on return (which ends a relay).
 fn model_workload(
     args: &RunArgs,
     workload: Workload<'_>,
@@ -233,6 +224,7 @@ fn model_workload(
 ) -> anyhow::Result<ExitCode> {
     let Workload {
         name,
+        generation,
         monitor,
         source,
         writer,
@@ -252,7 +244,6 @@ fn model_workload(
     let (server, tap) = match setup() {
         Ok(v) => v,
         Err(e) => {
-            drop(writer);
             monitor.terminate(TERMINATE_GRACE);
             return Err(e);
         }
@@ -262,18 +253,26 @@ fn model_workload(
         enforcing: args.enforce,
         terminated: false,
     };
-    let result = tsem_pipeline::run(
-        source,
-        mapper,
-        &mut sink,
-        Outputs {
-            verdicts: Some(writer),
-            tap,
-            requests: Some(req_rx.clone()),
-        },
-        options,
-        &mut observer,
-    );
+    let outputs = Outputs {
+        verdicts: Some(writer),
+        tap,
+        requests: Some(req_rx.clone()),
+    };
+    let result = match generation {
+        // Spec §7.1: only this thread, which forked the namespace's creator,
+        // may write verdicts; it reads and maps every record itself.
+        Generation::Key => tsem_pipeline::run_answering_here(
+            source,
+            mapper,
+            &mut sink,
+            outputs,
+            options,
+            &mut observer,
+        ),
+        Generation::Tnum => {
+            tsem_pipeline::run(source, mapper, &mut sink, outputs, options, &mut observer)
+        }
+    };
     let (stats, stopped_on_error, failure) = match result {
         Ok(stats) => (Some(stats), false, None),
         // Already reported by the observer, in order.

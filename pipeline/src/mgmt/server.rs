@@ -203,15 +203,20 @@ impl Endpoint {
             uid,
         } = self;
         let path = guard.path.clone();
+        // Closing `wake` ends the accept thread's poll at once: shutting
+        // down costs no poll interval.
+        let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_err("creating a pipe")(e.into()))?;
         let accept = {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("tsem-mgmt".into())
-                .spawn(move || accept_loop(listener, path, uid, requests, stop))
+                .spawn(move || accept_loop(listener, path, uid, requests, stop, woken))
                 .map_err(io_err("starting the management thread"))?
         };
         Ok(Server {
             stop,
+            wake: Some(wake),
             accept: Some(accept),
             guard: Some(guard),
         })
@@ -222,6 +227,8 @@ impl Endpoint {
 /// or when dropped.
 pub struct Server {
     stop: Arc<AtomicBool>,
+    /// Dropped to wake the accept thread.
+    wake: Option<std::os::fd::OwnedFd>,
     accept: Option<JoinHandle<()>>,
     guard: Option<SocketGuard>,
 }
@@ -241,6 +248,7 @@ impl Server {
 
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.take();
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
@@ -266,12 +274,17 @@ fn accept_loop(
     uid: u32,
     requests: Sender<ModelRequest>,
     stop: Arc<AtomicBool>,
+    woken: std::os::fd::OwnedFd,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::from(ACCEPT_POLL_MS)) {
             Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) if fds[0].revents().is_none_or(|r| r.is_empty()) => continue,
             Ok(_) => {}
             Err(e) => {
                 eprintln!("tsem-stream: management socket {}: {e}", path.display());
