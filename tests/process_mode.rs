@@ -50,6 +50,17 @@ fn waiting_script(stop: &Path) -> String {
 
 impl Session {
     fn start(name: &str, events: &Path, run_args: &[&str], script: Option<&str>) -> Session {
+        Session::start_with(name, events, run_args, script, &[])
+    }
+
+    /// Like [`Session::start`], with more options for the simulator.
+    fn start_with(
+        name: &str,
+        events: &Path,
+        run_args: &[&str],
+        script: Option<&str>,
+        sim_args: &[&str],
+    ) -> Session {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().to_owned();
         let root = base.join("tsem");
@@ -60,6 +71,7 @@ impl Session {
             .arg(&root)
             .arg("--events")
             .arg(events)
+            .args(sim_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -68,7 +80,7 @@ impl Session {
         wait_for("the simulator's tree", || root.join("control").exists());
         // By default the workload waits for the stop file, then exits with status 4.
         let script = script.map_or_else(|| waiting_script(&stop) + "; exit 4", str::to_owned);
-        let run = bin()
+        let mut run = bin()
             .args(["run", "-P", "-w", name, "--tsem-root"])
             .arg(&root)
             .arg("--mgmt-dir")
@@ -81,7 +93,11 @@ impl Session {
             .spawn()
             .expect("spawn run -P");
         let socket = mgmt.join(name);
-        wait_for("the management socket", || socket.exists());
+        // A workload that ends at once may take its socket with it before
+        // this loop looks (the socket goes as soon as the run ends).
+        wait_for("the management socket", || {
+            socket.exists() || matches!(run.try_wait(), Ok(Some(_)))
+        });
         Session {
             _dir: dir,
             base,
@@ -452,11 +468,14 @@ fn signals_sent_to_the_orchestrator_reach_the_workload() {
 
 #[test]
 fn a_command_that_cannot_run_exits_127() {
-    let s = Session::start(
+    // The namespace may end before the simulator opens its export file:
+    // then it gives up waiting for a reader after 2 s, not the default 30.
+    let s = Session::start_with(
         "missing",
         &conformance("document-events.jsonl"),
         &[],
         Some("exec /nonexistent/command"),
+        &["--open-timeout", "2"],
     );
     // The simulator may not have sent everything before the namespace ended.
     let (run_out, _) = s.wait_both();
