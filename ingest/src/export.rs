@@ -429,14 +429,15 @@ impl<I: ExportIo> ExportReader<I> {
             }
             let mid_record = !self.framer.is_empty();
             if self.drained && self.spin.is_zero() {
-                self.drained = false;
                 let left = remaining(deadline);
-                if unlimited || left != Some(Duration::ZERO) {
-                    self.stats.polls += 1;
-                    let wait = if unlimited { None } else { left };
-                    if !self.io.wait_readable(wait)? && !unlimited {
-                        return Ok(Next::Idle);
-                    }
+                if !unlimited && left == Some(Duration::ZERO) {
+                    return Ok(Next::Idle);
+                }
+                self.drained = false;
+                self.stats.polls += 1;
+                let wait = if unlimited { None } else { left };
+                if !self.io.wait_readable(wait)? && !unlimited {
+                    return Ok(Next::Idle);
                 }
             }
             match self.io.read(self.framer.spare()) {
@@ -458,6 +459,11 @@ impl<I: ExportIo> ExportReader<I> {
                 Ok(n) => {
                     self.stats.reads += 1;
                     self.stats.bytes += n as u64;
+                    // A stream (pipe, FIFO) that gave less than asked for
+                    // had no more at that moment: once its lines are taken,
+                    // the next caller that does not wait is told Idle
+                    // without a read that would only fail with EAGAIN.
+                    self.drained = self.mode == ExportMode::Stream && n < self.framer.spare().len();
                     self.framer.filled(n);
                     self.spin_until = None;
                 }
@@ -803,6 +809,42 @@ mod tests {
         );
         assert_eq!(r.stats().seeks, 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_drained_pipe_is_idle_without_another_read() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = File::from(w);
+        let mut reader = ExportReader::from_file(File::from(r), 1 << 20).unwrap();
+        w.write_all(b"{\"a\": \"1\"}\n").unwrap();
+        assert_eq!(
+            record(reader.next_record(Some(Duration::from_secs(5))).unwrap()),
+            b"{\"a\": \"1\"}"
+        );
+        let reads = reader.stats().reads;
+        // The short read said the pipe was empty: not waiting costs no read.
+        assert_eq!(
+            reader.next_record(Some(Duration::ZERO)).unwrap(),
+            Next::Idle
+        );
+        assert_eq!(
+            reader.next_record(Some(Duration::ZERO)).unwrap(),
+            Next::Idle
+        );
+        assert_eq!(reader.stats().reads, reads);
+        assert_eq!(reader.stats().empty, 0);
+        // Waiting goes straight to poll, and finds what arrives.
+        w.write_all(b"{\"b\": \"2\"}\n").unwrap();
+        assert_eq!(
+            record(reader.next_record(Some(Duration::from_secs(5))).unwrap()),
+            b"{\"b\": \"2\"}"
+        );
+        assert_eq!(reader.stats().empty, 0);
+        drop(w);
+        assert_eq!(
+            reader.next_record(Some(Duration::from_secs(5))).unwrap(),
+            Next::End
+        );
     }
 
     #[test]

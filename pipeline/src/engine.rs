@@ -733,7 +733,6 @@ fn read_stage(
     mut inline: MapStage,
     mapping: Mapping,
 ) -> (io::Result<()>, WorkerStats) {
-    let shared = Arc::clone(&inline.shared);
     let result = read_loop(
         &mut *source,
         &work_tx,
@@ -741,7 +740,6 @@ fn read_stage(
         &pool_rx,
         options,
         &mut inline,
-        &shared,
         mapping,
     );
     (result, inline.stats)
@@ -754,9 +752,9 @@ fn read_loop(
     pool_rx: &Receiver<Batch>,
     options: &PipelineOptions,
     inline: &mut MapStage,
-    shared: &Shared,
     mapping: Mapping,
 ) -> io::Result<()> {
+    let shared = Arc::clone(&inline.shared);
     let mut seq = 0u64;
     // Memory is bounded by the number of batch arenas: once `max_batches`
     // exist, the reader waits for one to come back (from the sequencer or the

@@ -18,10 +18,19 @@
 //! re-reads the file until it changes), and replays the events as that
 //! namespace's while the workload runs. The export file then stays open,
 //! like the kernel's, until the TMA closes it (its workload has ended).
+//!
+//! With [`SimKernel::V4`] the tree is a FUSE filesystem instead, which
+//! knows which thread calls and plays the v4 kernel's rules on who may do
+//! what (spec §7.1; the rules and the simulator's one approximation are
+//! described in `sim/v4.rs`), and reports what they refused
+//! ([`V4Report`]). Process mode is implied there: the namespace is created
+//! by an accepted `external key=…`.
 
 mod fifo;
 mod ledger;
+mod procfs;
 mod rewrite;
+mod v4;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -34,8 +43,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tsem_ingest::{LineSource, DEFAULT_MAX_RECORD_LEN};
 
-pub use ledger::pid_of;
+pub use ledger::{pid_of, SIMULATED_PIDS};
 pub use rewrite::{rewrite_event, RewriteError};
+pub use v4::{Refusals, V4Report};
 
 use fifo::{Stop, Tree};
 use ledger::Ledger;
@@ -71,6 +81,23 @@ pub struct SimOptions {
     /// to `control` (waiting at most `open_timeout`), and keep its export
     /// file open after the events until the TMA closes it.
     pub wait_external: bool,
+    /// Which kernel to play: FIFOs that accept anyone, or the v4 kernel's
+    /// rules on a FUSE tree.
+    pub kernel: SimKernel,
+}
+
+/// The kernel the simulator plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimKernel {
+    /// FIFOs: the protocol without the question of who calls (a FIFO cannot
+    /// tell); any process structure passes.
+    #[default]
+    Fifo,
+    /// The v4 kernel (spec §7.1) on a FUSE tree: `external` needs `key=`,
+    /// `id`, `enforce` and the export file answer for the caller's
+    /// namespace, and only the thread that forked the namespace's creator
+    /// may write verdicts. Implies `wait_external`.
+    V4,
 }
 
 impl SimOptions {
@@ -91,6 +118,7 @@ impl SimOptions {
             linger: Duration::from_millis(200),
             max_record_len: DEFAULT_MAX_RECORD_LEN,
             wait_external: false,
+            kernel: SimKernel::Fifo,
         }
     }
 }
@@ -150,6 +178,9 @@ pub struct SimReport {
     /// The `external …` command that created the namespace (`wait_external`
     /// mode), `null` otherwise.
     pub external: Option<ExternalCommand>,
+    /// [`SimKernel::V4`]: what the v4 rules refused, and the namespace;
+    /// `null` for the FIFO simulator.
+    pub v4: Option<V4Report>,
 }
 
 /// An `external …` command as the simulator received it.
@@ -215,6 +246,19 @@ pub enum SimError {
     /// The control reader thread died.
     #[error("the control reader failed: {0}")]
     Control(String),
+    /// The FUSE tree of [`SimKernel::V4`] could not be mounted.
+    #[error(
+        "cannot mount the simulated securityfs (FUSE) on {}: {source} \
+         (needs /dev/fuse and root, or fusermount3)",
+        path.display()
+    )]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// No TMA asked for a namespace (`wait_external`).
     #[error("no `external` command arrived on {} within {waited:?}", path.display())]
     NoExternal {
@@ -235,11 +279,56 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
             what: format!("opening {}", opts.events.display()),
             source,
         })?;
+    match opts.kernel {
+        SimKernel::Fifo => run_fifo(opts, &aggregate, &mut source),
+        SimKernel::V4 => run_v4(opts, &aggregate, &mut source),
+    }
+}
+
+/// [`SimKernel::V4`]: mounts the tree, waits for an accepted `external`,
+/// queues the events, waits for the namespace to end (its creator exits).
+fn run_v4(
+    opts: &SimOptions,
+    aggregate: &str,
+    source: &mut LineSource,
+) -> Result<SimReport, SimError> {
+    let ledger = Arc::new(Ledger::new());
+    let fs = v4::Mounted::mount(
+        &opts.tsem_root,
+        opts.namespace,
+        aggregate,
+        aggregate_record(aggregate),
+        Arc::clone(&ledger),
+    )?;
+    // Only an accepted `external` reaches the ledger; refused ones are counted.
+    let line = ledger
+        .wait_for_command(|c| ExternalCommand::parse(c).is_some(), opts.open_timeout)
+        .ok_or_else(|| SimError::NoExternal {
+            path: opts.tsem_root.join("control"),
+            waited: opts.open_timeout,
+        })?;
+    let sent = send(opts, source, &ledger, &mut V4Outlet(&fs))?;
+    fs.wait_end();
+    // Late verdicts of the TMA (it outlives the namespace) still count.
+    std::thread::sleep(opts.linger);
+    let v4 = fs.finish(sent.unsent);
+    let mut report = report(opts, &sent, &ledger);
+    report.external = ExternalCommand::parse(&line);
+    report.v4 = Some(v4);
+    Ok(report)
+}
+
+/// The FIFO simulator.
+fn run_fifo(
+    opts: &SimOptions,
+    aggregate: &str,
+    source: &mut LineSource,
+) -> Result<SimReport, SimError> {
     let tree = if opts.wait_external {
         // `id` answers for the caller: the root namespace until it asks for one.
-        fifo::create_host(&opts.tsem_root, opts.namespace, 0, &aggregate)?
+        fifo::create_host(&opts.tsem_root, opts.namespace, 0, aggregate)?
     } else {
-        let tree = fifo::create_host(&opts.tsem_root, opts.namespace, opts.namespace, &aggregate)?;
+        let tree = fifo::create_host(&opts.tsem_root, opts.namespace, opts.namespace, aggregate)?;
         fifo::create_export(&tree)?;
         tree
     };
@@ -262,7 +351,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     // The export FIFO is closed when `send` returns, so the TMA sees the end
     // of input and can close `control`, which ends the reader.
     let sent = create_namespace(opts, &tree, &ledger).and_then(|external| {
-        send(opts, &tree, &aggregate, &mut source, &ledger).map(|sent| (sent, external))
+        send_fifo(opts, &tree, aggregate, source, &ledger).map(|sent| (sent, external))
     });
     stop.ending.store(true, Ordering::Release);
     let control_result = reader.join();
@@ -315,7 +404,7 @@ fn check(opts: &SimOptions) -> Result<String, SimError> {
     if opts.max_outstanding == 0 {
         return bad("max outstanding must be at least 1".into());
     }
-    if opts.wait_external && opts.namespace == 0 {
+    if (opts.wait_external || opts.kernel == SimKernel::V4) && opts.namespace == 0 {
         return bad("the namespace of a workload cannot be 0 (the root namespace)".into());
     }
     let aggregate = opts.aggregate.clone().unwrap_or_else(|| "0".repeat(64));
@@ -364,6 +453,8 @@ struct Sent {
     sync_events: u64,
     async_events: u64,
     skipped: u64,
+    /// Lines not sent because nobody could receive them any more.
+    unsent: u64,
     first: Option<Instant>,
     last: Option<Instant>,
     drained: Option<Instant>,
@@ -390,7 +481,56 @@ fn write_record(
     })
 }
 
-fn send(
+/// Where the sender puts the records.
+trait Outlet {
+    /// False once nobody can receive records any more (v4: the namespace
+    /// has ended); may wait for room first.
+    fn accepting(&mut self) -> bool {
+        true
+    }
+    /// Delivers one record; `sent` records were delivered before.
+    fn deliver(&mut self, record: &[u8], sent: u64) -> Result<(), SimError>;
+}
+
+/// The export FIFO.
+struct FifoOutlet<'a> {
+    export: std::fs::File,
+    tree: &'a Tree,
+}
+
+impl Outlet for FifoOutlet<'_> {
+    fn deliver(&mut self, record: &[u8], sent: u64) -> Result<(), SimError> {
+        write_record(&mut self.export, record, self.tree, sent)
+    }
+}
+
+/// The export queue of the v4 FUSE tree.
+struct V4Outlet<'a>(&'a v4::Mounted);
+
+impl Outlet for V4Outlet<'_> {
+    fn accepting(&mut self) -> bool {
+        self.0.accepting()
+    }
+
+    fn deliver(&mut self, record: &[u8], _sent: u64) -> Result<(), SimError> {
+        self.0.deliver(record);
+        Ok(())
+    }
+}
+
+/// The first record of a namespace (spec §1.2).
+fn aggregate_record(aggregate: &str) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(128);
+    rec.extend_from_slice(b"{\"export\": {\"type\": \"aggregate\"}, \"aggregate\": {\"value\": \"");
+    rec.extend_from_slice(aggregate.as_bytes());
+    rec.extend_from_slice(b"\"}}\n");
+    rec
+}
+
+/// The FIFO simulator's sending: opens the export FIFO (waiting for the
+/// TMA), writes the aggregate record and the events, and in process mode
+/// keeps the FIFO open until the TMA closes it.
+fn send_fifo(
     opts: &SimOptions,
     tree: &Tree,
     aggregate: &str,
@@ -398,21 +538,35 @@ fn send(
     ledger: &Ledger,
 ) -> Result<Sent, SimError> {
     let mut export = fifo::open_export(&tree.export, opts.open_timeout)?;
-    let mut rec = Vec::with_capacity(4096);
-    rec.extend_from_slice(b"{\"export\": {\"type\": \"aggregate\"}, \"aggregate\": {\"value\": \"");
-    rec.extend_from_slice(aggregate.as_bytes());
-    rec.extend_from_slice(b"\"}}\n");
-    write_record(&mut export, &rec, tree, 0)?;
+    write_record(&mut export, &aggregate_record(aggregate), tree, 0)?;
+    let mut outlet = FifoOutlet { export, tree };
+    let s = send(opts, source, ledger, &mut outlet)?;
+    if opts.wait_external {
+        fifo::hold_until_reader_closes(&outlet.export)?;
+    }
+    Ok(s)
+}
 
+/// Sends every event line to `outlet` (rate, synchronous share and
+/// outstanding limit applied), then waits for the verdicts.
+fn send(
+    opts: &SimOptions,
+    source: &mut LineSource,
+    ledger: &Ledger,
+    outlet: &mut dyn Outlet,
+) -> Result<Sent, SimError> {
+    let mut rec = Vec::with_capacity(4096);
     let mut s = Sent {
         events: 0,
         sync_events: 0,
         async_events: 0,
         skipped: 0,
+        unsent: 0,
         first: None,
         last: None,
         drained: None,
     };
+    let mut closed = false;
     let start = Instant::now();
     let flow = source.for_each_line(|number, line| {
         let Ok(line) = line else {
@@ -420,6 +574,10 @@ fn send(
             return ControlFlow::Continue(());
         };
         if line.iter().all(u8::is_ascii_whitespace) {
+            return ControlFlow::Continue(());
+        }
+        if closed {
+            s.unsent += 1;
             return ControlFlow::Continue(());
         }
         let sync = is_sync(s.events, opts.sync_fraction);
@@ -435,10 +593,15 @@ fn send(
         if sync {
             ledger.wait_for_slot(opts.max_outstanding, opts.verdict_timeout);
         }
+        if !outlet.accepting() {
+            closed = true;
+            s.unsent += 1;
+            return ControlFlow::Continue(());
+        }
         // Registered before the write: the verdict may be read before write() returns.
         let now = Instant::now();
         ledger.register(number, sync, now);
-        if let Err(e) = write_record(&mut export, &rec, tree, s.events) {
+        if let Err(e) = outlet.deliver(&rec, s.events) {
             return ControlFlow::Break(e);
         }
         s.first.get_or_insert(now);
@@ -463,9 +626,6 @@ fn send(
     }
     ledger.drain(opts.verdict_timeout);
     s.drained = Some(Instant::now());
-    if opts.wait_external {
-        fifo::hold_until_reader_closes(&export)?;
-    }
     Ok(s)
 }
 
@@ -516,6 +676,7 @@ fn report(opts: &SimOptions, s: &Sent, ledger: &Ledger) -> SimReport {
         offered_rate: opts.rate,
         achieved_rate,
         external: None,
+        v4: None,
     }
 }
 

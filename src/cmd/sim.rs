@@ -4,8 +4,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
-use tsem_pipeline::sim::{self, SimOptions};
+use clap::{Args, ValueEnum};
+use tsem_pipeline::sim::{self, SimKernel, SimOptions};
+
+/// `--kernel` of `sim`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum KernelArg {
+    /// FIFOs: the protocol, whoever calls (a FIFO cannot tell who reads or
+    /// writes).
+    #[default]
+    Fifo,
+    /// The v4 kernel's rules on who may do what (TSEM-SPEC §7.1), on a FUSE
+    /// filesystem: `external` needs `key=`, `id`, `enforce` and the export
+    /// file answer for the caller's namespace, only the thread that forked
+    /// the namespace's creator may write verdicts. Implies
+    /// `--wait-external`; needs /dev/fuse (and root, or fusermount3).
+    V4,
+}
 
 /// Options of `sim`.
 #[derive(Args, Clone, Debug)]
@@ -39,10 +54,18 @@ pub struct SimArgs {
     /// until the TMA closes it.
     #[arg(long)]
     pub wait_external: bool,
+    /// Which kernel to play.
+    #[arg(long, value_enum, default_value_t = KernelArg::Fifo)]
+    pub kernel: KernelArg,
+    /// Seconds to wait for the TMA (to open the export FIFO, or to create
+    /// the namespace with `external`).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub open_timeout: f64,
 }
 
 /// Runs the simulator and prints its JSON report; exit 1 when a synchronous
-/// event was left unanswered or answered twice.
+/// event was left unanswered or answered twice, or (`--kernel v4`) the v4
+/// rules refused anything.
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let mut opts = SimOptions::new(&args.tsem_root, &args.events);
     opts.namespace = args.namespace;
@@ -52,10 +75,23 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     opts.verdict_timeout = Duration::from_secs_f64(args.verdict_timeout);
     opts.max_outstanding = args.max_outstanding;
     opts.wait_external = args.wait_external;
+    opts.kernel = match args.kernel {
+        KernelArg::Fifo => SimKernel::Fifo,
+        KernelArg::V4 => SimKernel::V4,
+    };
+    anyhow::ensure!(
+        args.open_timeout.is_finite() && args.open_timeout > 0.0,
+        "--open-timeout must be a positive number of seconds"
+    );
+    opts.open_timeout = Duration::from_secs_f64(args.open_timeout);
     let report = sim::run(&opts)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(
-        if report.missing > 0 || report.duplicates > 0 || report.unexpected > 0 {
+        if report.missing > 0
+            || report.duplicates > 0
+            || report.unexpected > 0
+            || report.v4.as_ref().is_some_and(|v| v.refused.total > 0)
+        {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS

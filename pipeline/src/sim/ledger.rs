@@ -13,8 +13,11 @@ const MAX_COMMANDS: usize = 10_000;
 /// The simulated pid of the event on input line `line` (the tnum is the line
 /// number itself, so every event has a unique (pid, tnum)).
 pub fn pid_of(line: u64) -> u64 {
-    1000 + line % 97
+    SIMULATED_PIDS.start + line % (SIMULATED_PIDS.end - SIMULATED_PIDS.start)
 }
+
+/// Every pid [`pid_of`] gives: the simulated tasks of the namespace.
+pub const SIMULATED_PIDS: std::ops::Range<u64> = 1000..1097;
 
 /// How a verdict names its task.
 #[derive(Debug, Clone, PartialEq, Eq)]
