@@ -218,3 +218,68 @@ fn asynchronous_events_are_not_answered_unless_enforcing_a_violation() {
     assert_eq!(report["unexpected"], 0);
     assert_eq!(report["missing"], 0);
 }
+
+/// Every hostile line the simulator sends as a synchronous event is
+/// answered exactly once, also when it cannot be parsed (invalid UTF-8, a
+/// raw NUL): `trusted` while learning, `untrusted` under a sealed model, as
+/// for any bad line (SECURITY.md). The task would sleep forever otherwise.
+#[test]
+fn every_hostile_synchronous_line_is_answered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("hostile.jsonl");
+    let mut all = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(data("hostile"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    names.sort();
+    for p in names {
+        all.extend(std::fs::read(p).unwrap());
+        if all.last() != Some(&b'\n') {
+            all.push(b'\n');
+        }
+    }
+    std::fs::write(&events, &all).unwrap();
+    let model = dir.path().join("model");
+
+    // Learning: every event is trusted, the bad ones included.
+    let (report, run) = sim_and_run(
+        &events,
+        &["--on-error", "skip", "-o", model.to_str().unwrap()],
+        &[],
+    );
+    let bad_lines = String::from_utf8_lossy(&run.stderr)
+        .lines()
+        .filter(|l| l.contains("external_tma/7:"))
+        .count() as u64;
+    let sync = report["sync_events"].as_u64().unwrap();
+    assert!(sync >= 20, "{report}");
+    // Lines the strict parser refuses (invalid UTF-8, a raw NUL) are among them.
+    let unparsable = String::from_utf8_lossy(&run.stderr)
+        .lines()
+        .filter(|l| l.contains("invalid UTF-8") || l.contains("raw control character"))
+        .count();
+    assert!(unparsable >= 2, "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["verdicts"], sync, "{report}");
+    assert_eq!(report["trusted"], sync, "{report}");
+
+    // Sealed: what maps is in the model; every bad line is refused.
+    let (report, run) = sim_and_run(
+        &events,
+        &["--on-error", "skip", "-m", model.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["verdicts"], sync, "{report}");
+    assert_eq!(report["untrusted"], bad_lines, "{report}");
+    assert_eq!(report["trusted"], sync - bad_lines, "{report}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("invalid UTF-8"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -9,6 +9,7 @@ pub mod event_type;
 pub mod export;
 pub mod follow;
 pub mod hex;
+pub mod lenient;
 pub mod lines;
 pub mod number;
 pub mod record;

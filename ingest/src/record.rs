@@ -72,7 +72,7 @@ impl ExportKind {
         }
     }
 
-    fn from_name(name: &str) -> Option<ExportKind> {
+    pub(crate) fn from_name(name: &str) -> Option<ExportKind> {
         Some(match name {
             "aggregate" => ExportKind::Aggregate,
             "event" => ExportKind::Event,

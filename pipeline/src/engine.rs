@@ -934,11 +934,19 @@ fn map_line(parser: &mut Parser, mapper: &Mapper, bytes: &[u8]) -> Mapped {
             }
         }
     });
-    parsed.unwrap_or_else(|e| Mapped::Error {
-        message: e.to_string(),
-        kind: None,
-        task: None,
-        serial: None,
+    parsed.unwrap_or_else(|e| {
+        // The task of a synchronous event sleeps until answered, whatever its
+        // bytes: find it in the header the kernel writes first.
+        let h = tsem_ingest::lenient::scan_header(bytes);
+        Mapped::Error {
+            message: e.to_string(),
+            kind: h.kind,
+            task: h.pid.map(|pid| Task { pid, tnum: h.tnum }),
+            serial: h
+                .context
+                .zip(h.number)
+                .map(|(context, number)| Serial { context, number }),
+        }
     })
 }
 
