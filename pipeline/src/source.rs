@@ -239,7 +239,13 @@ pub struct TimedSource<R> {
     reader: R,
     name: String,
     number: u64,
+    /// Set from outside (a signal) to end the input at the next wait step.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// How often a stoppable [`TimedSource`] looks at its stop flag while the
+/// input is idle.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Readers that deliver records with a timeout (see [`tsem_ingest::export::Next`]).
 pub trait TimedReader: Send {
@@ -275,17 +281,33 @@ impl<R: TimedReader> TimedSource<R> {
             reader,
             name: name.into(),
             number: 0,
+            stop: None,
         }
+    }
+
+    /// Ends the input (as at end of file) once `stop` is set: a live source
+    /// (the kernel's export file, a followed file) has no end of its own,
+    /// and SIGINT/SIGTERM should still finish the run cleanly.
+    pub fn with_stop(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 }
 
 impl<R: TimedReader> RecordSource for TimedSource<R> {
     fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>> {
         use tsem_ingest::export::Next;
-        let timeout = if wait {
-            None
-        } else {
-            Some(std::time::Duration::ZERO)
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Ok(Fetch::End);
+        }
+        let timeout = match (wait, &self.stop) {
+            (false, _) => Some(std::time::Duration::ZERO),
+            (true, None) => None,
+            (true, Some(_)) => Some(STOP_POLL),
         };
         // Idle and a restart after truncation come back as Idle: the reader
         // stage simply asks again.

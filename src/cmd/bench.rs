@@ -97,7 +97,7 @@ fn latency(dir: &Path, events_file: &Path, rate: f64) -> anyhow::Result<Value> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let verdicts = Arc::new(VerdictWriter::open(&control, ControlProtocol::Tnum)?);
-    let source = super::export_source(&export, Duration::from_micros(30))?;
+    let source = super::export_source(&export, Duration::from_micros(30), None)?;
     let mut sink = ModelSink::new(Model::new(Profile::Quixote));
     let mapper = Arc::new(Mapper::new(Profile::Quixote, Pseudonyms::new()));
     let outputs = Outputs {

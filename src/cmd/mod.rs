@@ -15,6 +15,7 @@ pub mod replay;
 pub mod run;
 pub mod show;
 pub mod sign;
+pub mod signals;
 pub mod sim;
 
 use std::path::Path;
@@ -49,26 +50,41 @@ pub fn load_pseudonyms(path: Option<&Path>) -> anyhow::Result<Pseudonyms> {
 }
 
 /// The kernel's export file `external_tma/<id>` as a pipeline source (one
-/// record per read, ENODATA + poll when empty; a FIFO of a simulator works too).
+/// record per read, ENODATA + poll when empty; a FIFO of a simulator works
+/// too). It ends when `stop` is set (see [`signals::stop_on_signals`]).
 pub fn export_source(
     path: &Path,
     spin: std::time::Duration,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
     let reader = tsem_ingest::export::ExportReader::open(path)
         .map(|r| r.with_spin(spin))
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Box::new(tsem_pipeline::source::TimedSource::new(
-        reader,
-        path.display().to_string(),
-    )))
+    Ok(stoppable(
+        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()),
+        stop,
+    ))
 }
 
-/// A growing file followed like `tail -f`.
-pub fn follow_source(path: &Path) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+/// A growing file followed like `tail -f`, until `stop` is set.
+pub fn follow_source(
+    path: &Path,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
     let reader = tsem_ingest::follow::FollowReader::open(path, DEFAULT_MAX_RECORD_LEN)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Box::new(tsem_pipeline::source::TimedSource::new(
-        reader,
-        path.display().to_string(),
-    )))
+    Ok(stoppable(
+        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()),
+        stop,
+    ))
+}
+
+fn stoppable<R: tsem_pipeline::source::TimedReader + 'static>(
+    source: tsem_pipeline::source::TimedSource<R>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Box<dyn tsem_pipeline::RecordSource> {
+    match stop {
+        Some(stop) => Box::new(source.with_stop(stop)),
+        None => Box::new(source),
+    }
 }

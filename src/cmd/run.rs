@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// Event file (`-` for stdin). Without it and without --tsem-root, a bundled example is used.
     #[arg(long, value_name = "FILE", conflicts_with = "tsem_root")]
     pub input: Option<PathBuf>,
-    /// Keep reading --input as it grows (like `tail -f`); stop with Ctrl-C.
+    /// Keep reading --input as it grows (like `tail -f`); Ctrl-C (SIGINT) or
+    /// SIGTERM ends the run cleanly (summary, model, sealed archive).
     #[arg(long, requires = "input")]
     pub follow: bool,
     /// Root of the TSEM securityfs tree (e.g. /sys/kernel/security/tsem, or a simulator's).
@@ -307,6 +308,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         args.tsem_root.is_none() || args.namespace.is_some(),
         "--tsem-root needs --namespace ID (or -P to start a workload in a new namespace)"
     );
+    // A live input ends only by a signal: before any thread starts, so that
+    // every thread leaves SIGINT/SIGTERM to the one that waits for them.
+    let live = args.tsem_root.is_some() || args.follow;
+    let stop = if live {
+        Some(super::signals::stop_on_signals()?)
+    } else {
+        None
+    };
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
             (Some(root), Some(ns)) => {
@@ -327,12 +336,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 let export = root.join("external_tma").join(ns.to_string());
                 (
-                    super::export_source(&export, std::time::Duration::from_micros(args.spin_us))?,
+                    super::export_source(
+                        &export,
+                        std::time::Duration::from_micros(args.spin_us),
+                        stop.clone(),
+                    )?,
                     Some(Arc::new(writer)),
                 )
             }
             _ => match (&args.input, args.follow) {
-                (Some(path), true) => (super::follow_source(path)?, None),
+                (Some(path), true) => (super::follow_source(path, stop.clone())?, None),
                 (None, _) => {
                     eprintln!(
                         "tsem-stream: no input given: modeling the bundled example \
