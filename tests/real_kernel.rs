@@ -900,3 +900,94 @@ fn process_mode_costs_at_most_15_percent_more_than_the_reference_tma() {
          unmodeled {bare:.2} s)"
     );
 }
+
+/// The whole host through `external_tma/0` (a kernel booted with
+/// `tsem_mode=root_export_only`): the consumer, started first by the
+/// scenario, receives every event the kernel numbered since boot (event 1 is
+/// the kernel's own, before any consumer existed: the kernel keeps what
+/// nobody has read yet), with no gap in `event.number`; it writes no verdict
+/// (the root namespace is export-only); SIGINT ends it cleanly; its archive
+/// verifies, holds every record it read, replays to the same state, and
+/// every record maps under Profile K.
+#[test]
+fn the_whole_host_is_exported_from_boot_without_a_gap() {
+    let Some(kernel) = kernel() else { return };
+    let boot = kernel.boot_root_export("host-export", &Disk::new());
+    let ctx = boot.context();
+    assert_eq!(boot.result("consumer_rc"), "0", "{ctx}");
+    assert!(
+        boot.out_text("host.err")
+            .contains("SIGINT: finishing the run"),
+        "{ctx}"
+    );
+    let s = summary(&boot, "host.summary.json");
+    let records = counter(&s, "stats.records");
+    assert!(records >= 1000, "a busy host: {records} records");
+    for zero in [
+        "stats.lost_events",
+        "errors",
+        "stats.verdicts.trusted",
+        "stats.verdicts.untrusted",
+        "stats.verdicts.write_errors",
+    ] {
+        assert_eq!(counter(&s, zero), 0, "{zero}: {s}");
+    }
+    assert!(
+        counter(&s, "stats.by_event_type.socket_connect") >= 50,
+        "the workload's connects: {s}"
+    );
+
+    let archived = archived_records(kernel, &boot.out_path("host.archive"));
+    assert_eq!(archived.lines().count() as u64, records, "archived records");
+    let mut numbers: Vec<u64> = archived
+        .lines()
+        .map(|l| {
+            let v = json(l);
+            assert_eq!(v["event"]["context"], "0", "{l}");
+            v["event"]["number"]
+                .as_str()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no event.number: {l}"))
+        })
+        .collect();
+    numbers.sort_unstable();
+    let expected: Vec<u64> = (1..=records).collect();
+    assert_eq!(numbers, expected, "every event since boot, each once");
+
+    assert_eq!(
+        boot.result("verify_rc"),
+        "0",
+        "{}",
+        boot.out_text("verify.txt")
+    );
+    assert!(
+        boot.out_text("verify.txt")
+            .starts_with(&format!("ok: 1 segments, {records} records")),
+        "{}",
+        boot.out_text("verify.txt")
+    );
+    assert_eq!(
+        boot.result("replay_rc"),
+        "0",
+        "{}",
+        boot.out_text("replay.err")
+    );
+    let replayed = summary(&boot, "replay.summary.json");
+    for key in ["state", "measurement", "points", "events"] {
+        assert_eq!(replayed[key], s[key], "replay {key}: {replayed}");
+    }
+    assert_eq!(boot.result("coefficients_rc"), "0", "{ctx}");
+    let coefficients = boot.out_lines("host.coefficients");
+    assert_eq!(coefficients.len() as u64, records);
+    assert!(
+        coefficients.iter().all(|c| c.len() == 64),
+        "every record maps under Profile K: {}",
+        boot.out_text("coefficients.err")
+    );
+    eprintln!(
+        "host: {records} records, {} points, workload {:.2} s, consumer {:.0} records/s",
+        s["points"],
+        boot.number("workload_us") as f64 / 1e6,
+        s["stats"]["records_per_s"].as_f64().unwrap_or(0.0)
+    );
+}

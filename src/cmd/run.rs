@@ -318,6 +318,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
+            // The root namespace (a kernel booted with
+            // `tsem_mode=root_export_only`) is export-only: its tasks wait for
+            // nobody, and the kernel refuses verdicts for it.
+            (Some(root), Some(0)) => {
+                anyhow::ensure!(
+                    !args.enforce,
+                    "the root namespace (--namespace 0) is export-only: it cannot be enforced"
+                );
+                let export = root.join("external_tma").join("0");
+                (
+                    super::export_source(
+                        &export,
+                        std::time::Duration::from_micros(args.spin_us),
+                        stop.clone(),
+                    )?,
+                    None,
+                )
+            }
             (Some(root), Some(ns)) => {
                 let protocol = match (args.control_protocol, &args.key) {
                     (ProtocolArg::Key | ProtocolArg::Auto, Some(key)) => {

@@ -339,21 +339,50 @@ pub struct Boot {
     pub out: PathBuf,
 }
 
+/// The kernel's `tsem_mode=` for a boot.
+#[derive(Clone, Copy)]
+enum TsemMode {
+    /// The root namespace is not modeled; namespaces made through `control` are.
+    NoRootModeling,
+    /// Every event of the host is exported to `external_tma/0`.
+    RootExportOnly,
+}
+
+impl TsemMode {
+    fn word(self) -> &'static str {
+        match self {
+            TsemMode::NoRootModeling => "no_root_modeling",
+            TsemMode::RootExportOnly => "root_export_only",
+        }
+    }
+}
+
 impl Kernel {
     /// Boots the guest with the scenario `tests/kernel/NAME.sh` and `disk` on
     /// `/root`; panics (with the console's tail) when the guest does not
     /// power off within [`BOOT_TIMEOUT`] or the scenario did not end.
     pub fn boot(&self, scenario: &str, disk: &Disk) -> Boot {
-        self.boot_with(scenario, disk, 1)
+        self.boot_with(scenario, disk, 1, TsemMode::NoRootModeling)
+    }
+
+    /// Like [`Kernel::boot`], on a kernel that exports every event of the
+    /// whole host (`tsem_mode=root_export_only`) to `external_tma/0`.
+    pub fn boot_root_export(&self, scenario: &str, disk: &Disk) -> Boot {
+        self.boot_with(scenario, disk, 1, TsemMode::RootExportOnly)
     }
 
     /// Like [`Kernel::boot`], with no other guest running meanwhile (for
     /// timings: two guests share the host's two cores with everything else).
     pub fn boot_alone(&self, scenario: &str, disk: &Disk) -> Boot {
-        self.boot_with(scenario, disk, MAX_CONCURRENT_BOOTS)
+        self.boot_with(
+            scenario,
+            disk,
+            MAX_CONCURRENT_BOOTS,
+            TsemMode::NoRootModeling,
+        )
     }
 
-    fn boot_with(&self, scenario: &str, disk: &Disk, slots: usize) -> Boot {
+    fn boot_with(&self, scenario: &str, disk: &Disk, slots: usize, mode: TsemMode) -> Boot {
         assert!(
             scenario_dir().join(format!("{scenario}.sh")).is_file(),
             "no scenario tests/kernel/{scenario}.sh"
@@ -388,12 +417,16 @@ impl Kernel {
             .arg("-initrd")
             .arg(&self.initramfs)
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", root_image.display()))
+            .arg(format!(
+                "file={},format=raw,if=virtio",
+                root_image.display()
+            ))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", out_image.display()))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 lsm=tsem tsem_mode=no_root_modeling panic=-1 quiet scenario={scenario}"
+                "console=ttyS0 lsm=tsem tsem_mode={} panic=-1 quiet scenario={scenario}",
+                mode.word()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
