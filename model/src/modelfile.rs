@@ -92,6 +92,18 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
         .lines()
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .collect();
+    // The signed data is each line followed by a NUL: a line holding a NUL
+    // would sign exactly like two lines (a comment could swallow the point
+    // after it, the signature still good). No directive has a control
+    // character, so none is accepted anywhere, before anything is verified.
+    for (i, line) in all.iter().enumerate() {
+        if let Some(c) = line.bytes().find(|&b| b < 0x20 || b == 0x7f) {
+            return Err(ModelFileError::Line {
+                line: i + 1,
+                problem: format!("control character 0x{c:02x} (model lines are text)"),
+            });
+        }
+    }
     for (i, line) in all.iter().enumerate() {
         let n = i + 1;
         let bad = |problem: String| ModelFileError::Line { line: n, problem };
@@ -286,6 +298,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sealed"), "{err}");
+    }
+
+    #[test]
+    fn a_nul_cannot_join_two_signed_lines() {
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let model = format!("aggregate {AGG}\n# reviewed\nstate {V5}\nseal\nend\n");
+        let signed = signature::sign_model(&model, &key).unwrap();
+        assert_eq!(
+            load(&signed, &mut Model::new(Profile::Quixote))
+                .unwrap()
+                .states,
+            1
+        );
+        // The comment swallows the point: same signed bytes, one point less.
+        let joined = signed.replace("# reviewed\n", "# reviewed\0");
+        assert_eq!(
+            load(&joined, &mut Model::new(Profile::Quixote)),
+            Err(ModelFileError::Line {
+                line: 3,
+                problem: "control character 0x00 (model lines are text)".into()
+            })
+        );
+        let tab = model.replace("# reviewed", "#\treviewed");
+        assert!(load(&tab, &mut Model::new(Profile::Quixote)).is_err());
     }
 
     #[test]
