@@ -402,3 +402,71 @@ fn enforcing_over_an_existing_store_seals_its_model() {
     assert_eq!(s["forensics"], 1);
     assert_eq!(o.status.code(), Some(3));
 }
+
+#[test]
+fn a_learn_stopped_by_a_bad_line_keeps_the_model_and_writes_the_partial_one_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let clean = real_kernel("trajectory.jsonl");
+    let out = run(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        clean.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good = std::fs::read(&model).unwrap();
+
+    // The same events with a bad line in the middle.
+    let text = std::fs::read_to_string(&clean).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(10, "{\"event\": {\"type\": \"file_open\"");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let out = run(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:11:"), "{stderr}");
+    assert!(stderr.contains("is unchanged"), "{stderr}");
+    assert_eq!(std::fs::read(&model).unwrap(), good, "the good model stays");
+    let partial = std::fs::read_to_string(dir.path().join("model.partial")).unwrap();
+    assert!(partial.ends_with("end\n"), "{partial}");
+    assert!(partial.lines().filter(|l| l.starts_with("state ")).count() <= 10);
+}
+
+#[test]
+fn learn_refuses_to_write_over_its_own_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::copy(real_kernel("trajectory.jsonl"), &events).unwrap();
+    let before = std::fs::read(&events).unwrap();
+    let out = run(&[
+        "learn",
+        "-o",
+        events.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is the input"), "{stderr}");
+    assert_eq!(std::fs::read(&events).unwrap(), before);
+    // `run --input X -o X` likewise.
+    let out = run(&[
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "-o",
+        events.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&events).unwrap(), before);
+}

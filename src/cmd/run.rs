@@ -2,7 +2,7 @@
 //! through the pipeline into a model.
 
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -254,6 +254,23 @@ pub fn finish(
 ) -> anyhow::Result<ExitCode> {
     let model = outcome.sink.model();
     if let Some(path) = output {
+        // A run that stopped at a bad line learned only part of its input:
+        // it must not replace the model a user had (which may be good).
+        let partial;
+        let path = if outcome.stopped_on_error {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".partial");
+            partial = PathBuf::from(name);
+            eprintln!(
+                "tsem-stream: the run stopped at a bad line: {} is unchanged; what was \
+                 modeled before it is in {}",
+                path.display(),
+                partial.display()
+            );
+            &partial
+        } else {
+            path
+        };
         let text = if trajectory {
             let t = outcome
                 .sink
@@ -295,8 +312,29 @@ pub fn finish(
     })
 }
 
+/// Refuses to write `output` over the event file being read: the run would
+/// read what it is replacing (`learn -o X X`).
+fn refuse_output_over_input(output: &Path, input: Option<&Path>) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(input), Ok(out)) = (input, std::fs::metadata(output)) else {
+        return Ok(());
+    };
+    if let Ok(inp) = std::fs::metadata(input) {
+        anyhow::ensure!(
+            (inp.dev(), inp.ino()) != (out.dev(), out.ino()),
+            "the output {} is the input {}: write the model elsewhere",
+            output.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 /// `tsem-stream run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(output) = &args.output {
+        refuse_output_over_input(output, args.input.as_deref())?;
+    }
     if args.process {
         anyhow::ensure!(
             args.publish.publish.is_empty(),
@@ -439,6 +477,7 @@ pub struct LearnArgs {
 
 /// `tsem-stream learn`: free modeling, then the model file.
 pub fn learn(args: &LearnArgs) -> anyhow::Result<ExitCode> {
+    refuse_output_over_input(&args.output, Some(&args.input))?;
     let source = open_input(Some(&args.input))?;
     let outcome = execute(
         &args.model,
