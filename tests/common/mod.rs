@@ -18,6 +18,18 @@ pub fn real_kernel(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// Waits (at most 30 s, then fails naming `what`) until `done` holds.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A fixture under `tests/data`.
 pub fn data(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
