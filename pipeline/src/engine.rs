@@ -334,6 +334,24 @@ impl Batch {
         self.lines.clear();
         self.results.clear();
     }
+    /// Adds a record read now (`oversized > 0`: one whose bytes were
+    /// dropped, of that length).
+    fn push(&mut self, number: u64, bytes: &[u8], oversized: usize) {
+        let read_at = Instant::now();
+        if self.lines.is_empty() {
+            self.read_at = read_at;
+        }
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(bytes);
+        self.lines.push(LineRef {
+            number,
+            read_at,
+            start,
+            len: bytes.len() as u32,
+            oversized,
+        });
+    }
+
     fn line(&self, l: &LineRef) -> &[u8] {
         &self.data[l.start as usize..(l.start + l.len) as usize]
     }
@@ -362,13 +380,9 @@ pub fn run(
     options: &PipelineOptions,
     observer: &mut dyn Observer,
 ) -> Result<Stats, PipelineError> {
-    let mut run = Run::start(source, mapper, sink, outputs, options, Mapping::Spread)?;
+    let (mut run, reading) = Run::start(source, mapper, sink, outputs, options, Mapping::Spread)?;
     let reader = {
         let stage = run.stage();
-        let reading = run
-            .reading
-            .take()
-            .ok_or_else(|| run.thread_error("reader"))?;
         let options = options.clone();
         std::thread::Builder::new()
             .name("tsem-reader".into())
@@ -401,12 +415,8 @@ pub fn run_answering_here(
     options: &PipelineOptions,
     observer: &mut (dyn Observer + Send),
 ) -> Result<Stats, PipelineError> {
-    let mut run = Run::start(source, mapper, sink, outputs, options, Mapping::OnReader)?;
+    let (mut run, reading) = Run::start(source, mapper, sink, outputs, options, Mapping::OnReader)?;
     let stage = run.stage();
-    let reading = run
-        .reading
-        .take()
-        .ok_or_else(|| run.thread_error("reader"))?;
     let source_name = run.source_name.clone();
     let (joined, result) = std::thread::scope(|scope| {
         let sequencer = std::thread::Builder::new()
@@ -467,15 +477,30 @@ struct Reading {
 }
 
 impl Reading {
-    fn read(self, options: &PipelineOptions, stage: MapStage) -> (io::Result<()>, WorkerStats) {
+    /// The reader stage: reads until the source ends (or the run stops);
+    /// returns how that went and what its inline mapping measured.
+    fn read(
+        self,
+        options: &PipelineOptions,
+        mut inline: MapStage,
+    ) -> (io::Result<()>, WorkerStats) {
         let Reading {
-            source,
+            mut source,
             work_tx,
             done_tx,
             pool_rx,
             mapping,
         } = self;
-        read_stage(source, work_tx, done_tx, pool_rx, options, stage, mapping)
+        let result = read_loop(
+            &mut *source,
+            &work_tx,
+            &done_tx,
+            &pool_rx,
+            options,
+            &mut inline,
+            mapping,
+        );
+        (result, inline.stats)
     }
 }
 
@@ -488,7 +513,6 @@ struct Run {
     shared: Arc<Shared>,
     verdicts: Option<Arc<VerdictWriter>>,
     requests: Option<Receiver<ModelRequest>>,
-    reading: Option<Reading>,
     done_rx: Receiver<Batch>,
     pool_tx: Sender<Batch>,
     tap_tx: Option<Sender<Batch>>,
@@ -501,7 +525,8 @@ struct Run {
 
 impl Run {
     /// Sets up the channels and starts the workers (for [`Mapping::Spread`])
-    /// and the tap thread.
+    /// and the tap thread; returns the run and its reader stage, for the
+    /// caller to run on the thread it chooses.
     fn start(
         source: Box<dyn RecordSource>,
         mapper: Arc<Mapper>,
@@ -509,7 +534,7 @@ impl Run {
         outputs: Outputs,
         options: &PipelineOptions,
         mapping: Mapping,
-    ) -> Result<Run, PipelineError> {
+    ) -> Result<(Run, Reading), PipelineError> {
         let Outputs {
             verdicts,
             tap,
@@ -539,7 +564,6 @@ impl Run {
             shared,
             verdicts,
             requests,
-            reading: None,
             done_rx,
             pool_tx,
             tap_tx: None,
@@ -603,14 +627,14 @@ impl Run {
             run.tap_tx = Some(tx);
             run.tap_thread = Some(handle);
         }
-        run.reading = Some(Reading {
+        let reading = Reading {
             source,
             work_tx,
             done_tx,
             pool_rx,
             mapping,
-        });
-        Ok(run)
+        };
+        Ok((run, reading))
     }
 
     fn read_error(&self, error: io::Error) -> PipelineError {
@@ -618,10 +642,6 @@ impl Run {
             source_name: self.source_name.clone(),
             error,
         }
-    }
-
-    fn thread_error(&self, which: &str) -> PipelineError {
-        thread_failed(&self.source_name, which)
     }
 
     /// A parser and mapper for one thread.
@@ -724,27 +744,6 @@ impl Run {
 /// while full batches under load still spread over the workers.
 const INLINE_MAX_LINES: usize = 4;
 
-fn read_stage(
-    mut source: Box<dyn RecordSource>,
-    work_tx: Sender<Batch>,
-    done_tx: Sender<Batch>,
-    pool_rx: Receiver<Batch>,
-    options: &PipelineOptions,
-    mut inline: MapStage,
-    mapping: Mapping,
-) -> (io::Result<()>, WorkerStats) {
-    let result = read_loop(
-        &mut *source,
-        &work_tx,
-        &done_tx,
-        &pool_rx,
-        options,
-        &mut inline,
-        mapping,
-    );
-    (result, inline.stats)
-}
-
 fn read_loop(
     source: &mut dyn RecordSource,
     work_tx: &Sender<Batch>,
@@ -790,6 +789,12 @@ fn read_loop(
             Err(TrySendError::Disconnected(_)) => false,
         }
     };
+    // A batch mapped here goes straight to the sequencer.
+    let to_sequencer = |mut b: Batch, seq: &mut u64| -> bool {
+        b.seq = *seq;
+        *seq += 1;
+        done_tx.send(b).is_ok()
+    };
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -804,41 +809,14 @@ fn read_loop(
         let wait = unmapped == 0;
         let fetched = source.fetch(wait)?;
         match fetched {
-            Fetch::Record { number, bytes } => {
-                let read_at = Instant::now();
-                if batch.lines.is_empty() {
-                    batch.read_at = read_at;
-                }
-                let start = batch.data.len() as u32;
-                batch.data.extend_from_slice(bytes);
-                batch.lines.push(LineRef {
-                    number,
-                    read_at,
-                    start,
-                    len: bytes.len() as u32,
-                    oversized: 0,
-                });
-            }
-            Fetch::Oversized { number, len } => {
-                let read_at = Instant::now();
-                if batch.lines.is_empty() {
-                    batch.read_at = read_at;
-                }
-                batch.lines.push(LineRef {
-                    number,
-                    read_at,
-                    start: batch.data.len() as u32,
-                    len: 0,
-                    oversized: len,
-                });
-            }
+            Fetch::Record { number, bytes } => batch.push(number, bytes, 0),
+            Fetch::Oversized { number, len } => batch.push(number, &[], len),
             Fetch::Idle => {}
             Fetch::End => {
                 if !batch.lines.is_empty() {
                     if mapping == Mapping::OnReader {
                         inline.map_batch(&mut batch);
-                        batch.seq = seq;
-                        let _ = done_tx.send(batch);
+                        to_sequencer(batch, &mut seq);
                     } else {
                         send(batch, &mut seq);
                     }
@@ -863,16 +841,12 @@ fn read_loop(
             if !(full || wait) {
                 continue;
             }
-            batch.seq = seq;
-            seq += 1;
-            if done_tx.send(batch).is_err() {
+            if !to_sequencer(batch, &mut seq) {
                 return Ok(());
             }
         } else if idle && batch.lines.len() <= INLINE_MAX_LINES {
             inline.map_batch(&mut batch);
-            batch.seq = seq;
-            seq += 1;
-            if done_tx.send(batch).is_err() {
+            if !to_sequencer(batch, &mut seq) {
                 return Ok(());
             }
         } else if !send(batch, &mut seq) {

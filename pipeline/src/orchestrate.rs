@@ -12,7 +12,8 @@
 //!   (`tma_for_ns`). From then on:
 //!   - only T may write verdicts (from any other thread, or any child, the
 //!     kernel answers `EINVAL` and the task sleeps forever): the caller
-//!     serves a `VerdictRelay` on T;
+//!     reads, maps and answers every record on T
+//!     (`tsem_pipeline::run_answering_here`);
 //!   - `id` and the export file answer for the *reader's* namespace (a
 //!     reader in the root namespace always gets `ENODATA`), and `enforce`
 //!     applies to the *writer's*: M reads `id`, writes `enforce`, opens
@@ -138,13 +139,12 @@ pub struct ExternalOptions {
     pub digest: Option<String>,
     /// `cache=N`, the size of the kernel's magazine for atomic-context events.
     pub cache: Option<u32>,
-    /// `key=HEX`, mandatory for 2024 (v3/v4) kernels.
-    pub key: Option<String>,
 }
 
 impl ExternalOptions {
-    /// The command text, without its `\n`, e.g. `external digest=sha256 cache=96`.
-    pub fn command(&self) -> Result<String, OrchestrateError> {
+    /// The command text, without its `\n`, e.g. `external digest=sha256 cache=96`;
+    /// with `key` (mandatory for 2024 v3/v4 kernels) it ends in `key=HEX`.
+    pub fn command(&self, key: Option<&str>) -> Result<String, OrchestrateError> {
         let mut c = String::from("external");
         match self.nsref {
             Some(NsRef::Initial) => c.push_str(" nsref=initial"),
@@ -163,7 +163,7 @@ impl ExternalOptions {
         if let Some(n) = self.cache {
             c.push_str(&format!(" cache={n}"));
         }
-        if let Some(k) = &self.key {
+        if let Some(k) = key {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(OrchestrateError::Command(
                     "the key must be hex digits".into(),
@@ -215,7 +215,7 @@ pub enum GenerationChoice {
 pub struct LaunchOptions {
     /// The TSEM securityfs root (`/sys/kernel/security/tsem` or a simulator's).
     pub tsem_root: PathBuf,
-    /// The options of `external` (its `key` is ignored: see `key`).
+    /// The options of `external`.
     pub external: ExternalOptions,
     /// The v4 namespace key, 64 hex digits (spec §7.1).
     pub key: String,
@@ -253,26 +253,18 @@ impl LaunchOptions {
 
     /// The `external` command lines (with `\n`) the child tries, in order.
     fn commands(&self) -> Result<Vec<(Generation, Vec<u8>)>, OrchestrateError> {
-        let with_key = || -> Result<_, OrchestrateError> {
-            let o = ExternalOptions {
-                key: Some(self.key.clone()),
-                ..self.external.clone()
-            };
-            Ok((Generation::Key, o.command()? + "\n"))
+        let generations: &[Generation] = match self.generation {
+            GenerationChoice::Auto => &[Generation::Key, Generation::Tnum],
+            GenerationChoice::Only(Generation::Key) => &[Generation::Key],
+            GenerationChoice::Only(Generation::Tnum) => &[Generation::Tnum],
         };
-        let plain = || -> Result<_, OrchestrateError> {
-            let o = ExternalOptions {
-                key: None,
-                ..self.external.clone()
-            };
-            Ok((Generation::Tnum, o.command()? + "\n"))
-        };
-        let list = match self.generation {
-            GenerationChoice::Auto => vec![with_key()?, plain()?],
-            GenerationChoice::Only(Generation::Key) => vec![with_key()?],
-            GenerationChoice::Only(Generation::Tnum) => vec![plain()?],
-        };
-        Ok(list.into_iter().map(|(g, c)| (g, c.into_bytes())).collect())
+        generations
+            .iter()
+            .map(|&g| {
+                let key = (g == Generation::Key).then_some(self.key.as_str());
+                Ok((g, (self.external.command(key)? + "\n").into_bytes()))
+            })
+            .collect()
     }
 }
 
@@ -701,6 +693,15 @@ impl Child<'_> {
         }
     }
 
+    /// Reports the namespace to T (`ns N GENERATION`), then waits for T's
+    /// go-ahead (`g`); ends the child when T went away.
+    fn report_and_wait(&self, namespace: u64, generation: Generation) {
+        let report = format!("ns {namespace} {}\n", generation.word());
+        if write_all(&self.report_w, report.as_bytes()).is_err() || !self.wait_go() {
+            exit_child(1);
+        }
+    }
+
     /// Waits for T's go-ahead (`g`); false when T went away.
     fn wait_go(&self) -> bool {
         let mut b = [0u8; 1];
@@ -717,15 +718,7 @@ impl Child<'_> {
     /// file (from here on every hooked operation of this process is an
     /// event that waits for it), then become the workload.
     fn run_2025(self, namespace: u64) -> ! {
-        if write_all(
-            &self.report_w,
-            format!("ns {namespace} {}\n", Generation::Tnum.word()).as_bytes(),
-        )
-        .is_err()
-            || !self.wait_go()
-        {
-            exit_child(1);
-        }
+        self.report_and_wait(namespace, Generation::Tnum);
         let Child {
             control,
             id,
@@ -762,15 +755,7 @@ impl Child<'_> {
             Ok(fd) => fd,
             Err(e) => self.fail(&format!("opening external_tma/{name}: {e}")),
         };
-        if write_all(
-            &self.report_w,
-            format!("ns {namespace} {}\n", Generation::Key.word()).as_bytes(),
-        )
-        .is_err()
-            || !self.wait_go()
-        {
-            exit_child(1);
-        }
+        self.report_and_wait(namespace, Generation::Key);
         // SAFETY: M has one thread (a copy of the single-threaded T).
         let workload = match unsafe { fork() } {
             Ok(ForkResult::Child) => {
@@ -778,10 +763,8 @@ impl Child<'_> {
                 exec_workload(self.argv, self.old_mask)
             }
             Ok(ForkResult::Parent { child }) => child,
-            Err(e) => {
-                let _ = report_number(&self.report_w, "forkerror", e as i64);
-                exit_child(1)
-            }
+            // T sees M end without a workload: its status stands for the run.
+            Err(_) => exit_child(1),
         };
         if report_number(&self.report_w, "pid", i64::from(workload.as_raw())).is_err() {
             exit_child(1);
@@ -1558,40 +1541,38 @@ mod tests {
 
     #[test]
     fn external_commands() {
-        assert_eq!(ExternalOptions::default().command().unwrap(), "external");
+        assert_eq!(
+            ExternalOptions::default().command(None).unwrap(),
+            "external"
+        );
         let o = ExternalOptions {
             nsref: Some(NsRef::Current),
             digest: Some("sha256".into()),
             cache: Some(96),
-            key: None,
         };
         assert_eq!(
-            o.command().unwrap(),
+            o.command(None).unwrap(),
             "external nsref=current digest=sha256 cache=96"
         );
-        let k = ExternalOptions {
-            key: Some("ab".repeat(32)),
-            ..ExternalOptions::default()
-        };
+        let key = "ab".repeat(32);
         assert_eq!(
-            k.command().unwrap(),
-            format!("external key={}", "ab".repeat(32))
+            ExternalOptions::default().command(Some(&key)).unwrap(),
+            format!("external key={key}")
         );
-        for bad in [
-            ExternalOptions {
-                digest: Some("sha 256".into()),
-                ..Default::default()
-            },
-            ExternalOptions {
-                key: Some("xyz".into()),
-                ..Default::default()
-            },
-            ExternalOptions {
-                key: Some("a".repeat(200)),
-                ..Default::default()
-            },
+        let bad_digest = ExternalOptions {
+            digest: Some("sha 256".into()),
+            ..Default::default()
+        };
+        let long = "a".repeat(200);
+        for (options, key) in [
+            (&bad_digest, None),
+            (&ExternalOptions::default(), Some("xyz")),
+            (&ExternalOptions::default(), Some(long.as_str())),
         ] {
-            assert!(matches!(bad.command(), Err(OrchestrateError::Command(_))));
+            assert!(matches!(
+                options.command(key),
+                Err(OrchestrateError::Command(_))
+            ));
         }
     }
 
@@ -1602,7 +1583,6 @@ mod tests {
             "/x",
             ExternalOptions {
                 cache: Some(96),
-                key: Some("ignored".into()),
                 ..Default::default()
             },
             key.clone(),

@@ -285,11 +285,14 @@ impl<R: TimedReader> TimedSource<R> {
         }
     }
 
-    /// Ends the input (as at end of file) once `stop` is set: a live source
+    /// Ends the input (as at end of file) once `stop` (if any) is set: a live source
     /// (the kernel's export file, a followed file) has no end of its own,
     /// and SIGINT/SIGTERM should still finish the run cleanly.
-    pub fn with_stop(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
-        self.stop = Some(stop);
+    pub fn with_stop(
+        mut self,
+        stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
+        self.stop = stop;
         self
     }
 }

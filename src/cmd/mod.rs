@@ -60,9 +60,8 @@ pub fn export_source(
     let reader = tsem_ingest::export::ExportReader::open(path)
         .map(|r| r.with_spin(spin))
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(stoppable(
-        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()),
-        stop,
+    Ok(Box::new(
+        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
     ))
 }
 
@@ -73,18 +72,7 @@ pub fn follow_source(
 ) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
     let reader = tsem_ingest::follow::FollowReader::open(path, DEFAULT_MAX_RECORD_LEN)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(stoppable(
-        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()),
-        stop,
+    Ok(Box::new(
+        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
     ))
-}
-
-fn stoppable<R: tsem_pipeline::source::TimedReader + 'static>(
-    source: tsem_pipeline::source::TimedSource<R>,
-    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-) -> Box<dyn tsem_pipeline::RecordSource> {
-    match stop {
-        Some(stop) => Box::new(source.with_stop(stop)),
-        None => Box::new(source),
-    }
 }

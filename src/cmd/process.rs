@@ -138,7 +138,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         // The events are modeled with SHA-256 whatever the kernel's default.
         digest: Some("sha256".into()),
         cache: args.cache,
-        key: None,
     };
 
     // Everything that can fail for a reason of its own is done before the

@@ -356,40 +356,34 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (source, verdicts): (Box<dyn RecordSource>, Option<Arc<VerdictWriter>>) =
         match (&args.tsem_root, args.namespace) {
-            // The root namespace (a kernel booted with
-            // `tsem_mode=root_export_only`) is export-only: its tasks wait for
-            // nobody, and the kernel refuses verdicts for it.
-            (Some(root), Some(0)) => {
-                anyhow::ensure!(
-                    !args.enforce,
-                    "the root namespace (--namespace 0) is export-only: it cannot be enforced"
-                );
-                let export = root.join("external_tma").join("0");
-                (
-                    super::export_source(
-                        &export,
-                        std::time::Duration::from_micros(args.spin_us),
-                        stop.clone(),
-                    )?,
-                    None,
-                )
-            }
             (Some(root), Some(ns)) => {
-                let protocol = match (args.control_protocol, &args.key) {
-                    (ProtocolArg::Key | ProtocolArg::Auto, Some(key)) => {
-                        ControlProtocol::Key(key.clone())
+                let verdicts = if ns == 0 {
+                    // The root namespace (a kernel booted with
+                    // `tsem_mode=root_export_only`) is export-only: its tasks
+                    // wait for nobody, and the kernel refuses verdicts for it.
+                    anyhow::ensure!(
+                        !args.enforce,
+                        "the root namespace (--namespace 0) is export-only: it cannot be enforced"
+                    );
+                    None
+                } else {
+                    let protocol = match (args.control_protocol, &args.key) {
+                        (ProtocolArg::Key | ProtocolArg::Auto, Some(key)) => {
+                            ControlProtocol::Key(key.clone())
+                        }
+                        (ProtocolArg::Key, None) => {
+                            anyhow::bail!("--control-protocol key needs the namespace's --key")
+                        }
+                        (ProtocolArg::Tnum | ProtocolArg::Auto, _) => ControlProtocol::Tnum,
+                    };
+                    let control = root.join("control");
+                    let writer = VerdictWriter::open(&control, protocol)
+                        .with_context(|| format!("cannot open {}", control.display()))?;
+                    if args.enforce {
+                        writer.command("enforce").context("writing enforce")?;
                     }
-                    (ProtocolArg::Key, None) => {
-                        anyhow::bail!("--control-protocol key needs the namespace's --key")
-                    }
-                    (ProtocolArg::Tnum | ProtocolArg::Auto, _) => ControlProtocol::Tnum,
+                    Some(Arc::new(writer))
                 };
-                let control = root.join("control");
-                let writer = VerdictWriter::open(&control, protocol)
-                    .with_context(|| format!("cannot open {}", control.display()))?;
-                if args.enforce {
-                    writer.command("enforce").context("writing enforce")?;
-                }
                 let export = root.join("external_tma").join(ns.to_string());
                 (
                     super::export_source(
@@ -397,7 +391,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                         std::time::Duration::from_micros(args.spin_us),
                         stop.clone(),
                     )?,
-                    Some(Arc::new(writer)),
+                    verdicts,
                 )
             }
             _ => match (&args.input, args.follow) {
