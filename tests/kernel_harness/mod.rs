@@ -27,6 +27,9 @@
 //! checks), `TSEM_KERNEL_CPUS` (virtual CPUs of a guest, default 1, as the
 //! kernel folder's `boot.sh`; more change the timings, e.g. of the cost
 //! test).
+// Shared by several test binaries (real_kernel, real_kernel_cost), each of
+// which uses part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -258,28 +261,25 @@ static SLOTS: BootSlots = BootSlots {
     freed: Condvar::new(),
 };
 
-/// Boot slots (one, or all of them), given back when dropped (also when the
-/// test panics).
-struct Slot(usize);
+/// A boot slot, given back when dropped (also when the test panics).
+struct Slot;
 
 impl Slot {
-    /// `n` slots: 1 for a boot among others, all of them for a boot that
-    /// measures time and must have the machine to itself.
-    fn take(n: usize) -> Slot {
+    fn take() -> Slot {
         let mut running = SLOTS.running.lock().unwrap_or_else(|e| e.into_inner());
-        while *running + n > MAX_CONCURRENT_BOOTS {
+        while *running >= MAX_CONCURRENT_BOOTS {
             running = SLOTS.freed.wait(running).unwrap_or_else(|e| e.into_inner());
         }
-        *running += n;
-        Slot(n)
+        *running += 1;
+        Slot
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut running = SLOTS.running.lock().unwrap_or_else(|e| e.into_inner());
-        *running -= self.0;
-        SLOTS.freed.notify_all();
+        *running -= 1;
+        SLOTS.freed.notify_one();
     }
 }
 
@@ -362,27 +362,16 @@ impl Kernel {
     /// `/root`; panics (with the console's tail) when the guest does not
     /// power off within [`BOOT_TIMEOUT`] or the scenario did not end.
     pub fn boot(&self, scenario: &str, disk: &Disk) -> Boot {
-        self.boot_with(scenario, disk, 1, TsemMode::NoRootModeling)
+        self.boot_with(scenario, disk, TsemMode::NoRootModeling)
     }
 
     /// Like [`Kernel::boot`], on a kernel that exports every event of the
     /// whole host (`tsem_mode=root_export_only`) to `external_tma/0`.
     pub fn boot_root_export(&self, scenario: &str, disk: &Disk) -> Boot {
-        self.boot_with(scenario, disk, 1, TsemMode::RootExportOnly)
+        self.boot_with(scenario, disk, TsemMode::RootExportOnly)
     }
 
-    /// Like [`Kernel::boot`], with no other guest running meanwhile (for
-    /// timings: two guests share the host's two cores with everything else).
-    pub fn boot_alone(&self, scenario: &str, disk: &Disk) -> Boot {
-        self.boot_with(
-            scenario,
-            disk,
-            MAX_CONCURRENT_BOOTS,
-            TsemMode::NoRootModeling,
-        )
-    }
-
-    fn boot_with(&self, scenario: &str, disk: &Disk, slots: usize, mode: TsemMode) -> Boot {
+    fn boot_with(&self, scenario: &str, disk: &Disk, mode: TsemMode) -> Boot {
         assert!(
             scenario_dir().join(format!("{scenario}.sh")).is_file(),
             "no scenario tests/kernel/{scenario}.sh"
@@ -404,7 +393,7 @@ impl Kernel {
         drop(out_file);
 
         let cpus = std::env::var("TSEM_KERNEL_CPUS").unwrap_or_else(|_| "1".to_owned());
-        let _slot = Slot::take(slots);
+        let _slot = Slot::take();
         let started = Instant::now();
         let mut qemu = Command::new(&self.qemu)
             .args(["-accel", "tcg", "-smp", &cpus, "-m", "1G"])
