@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tsem_ingest::MemorySource;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
-use tsem_model::store::{ModelStore, StoreMeta, StoredPoint};
+use tsem_model::NoObserver;
 use tsem_model::{Digest, Mapper, Model, Profile, Pseudonyms};
-use tsem_pipeline::corpus::{generate, CorpusSpec};
-use tsem_pipeline::source::MemorySource;
-use tsem_pipeline::{ModelSink, NoObserver, Outputs, PipelineOptions};
+use tsem_pipeline::{ModelSink, Outputs, PipelineOptions};
+use tsem_sim::corpus::{generate, CorpusSpec};
+use tsem_store::{ModelStore, StoreMeta, StoredPoint};
 
 fn templates() -> Vec<u8> {
     let path = concat!(

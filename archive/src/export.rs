@@ -18,7 +18,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::ColumnPath;
 use tsem_ingest::{parse_c_integer, Obj, Parser, Record};
-use tsem_pipeline::{Fetch, RecordSource};
+use tsem_ingest::{Fetch, RecordSource};
 
 use crate::ArchiveError;
 
@@ -365,7 +365,7 @@ pub fn read_rows(file: File) -> Result<Vec<parquet::record::Row>, ArchiveError> 
 mod tests {
     use super::*;
     use parquet::record::RowAccessor;
-    use tsem_pipeline::source::MemorySource;
+    use tsem_ingest::MemorySource;
 
     const LINES: &str = concat!(
         r#"{"export": {"type": "event"}, "event": {"pid": "42", "tnum": "7", "context": "3", "number": "5", "process": "bash", "type": "file_open", "ttd": "10", "p_ttd": "9", "task_id": "647110c3e238dca7ec813f0998fa58cd91c2a60d8e19f5bbe048f9566f1cb189", "p_task_id": "0000000000000000000000000000000000000000000000000000000000000001", "ts": "1000"}, "COE": {"uid": "1000", "euid": "0", "suid": "0", "gid": "4294967295", "egid": "0", "sgid": "0", "fsuid": "0", "fsgid": "0", "capeff": "0xffffffffffffffff"}, "file_open": {"file": {"flags": "32768", "path": {"type": "root", "pathname": "/etc/pass\"wd"}, "digest": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}}"#,

@@ -2,9 +2,8 @@
 //! statistics and the SHA-256 chain.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -201,26 +200,12 @@ pub fn read_index(dir: &Path) -> Result<IndexRead, ArchiveError> {
     Ok(read)
 }
 
-/// Creates a file of the archive (mode 0600), failing if it exists.
-pub fn create_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
 /// Appends one entry to the open index file and makes it durable.
 pub fn append_entry(index: &mut File, entry: &IndexEntry) -> io::Result<()> {
     let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
     line.push(b'\n');
     index.write_all(&line)?;
     index.sync_data()
-}
-
-/// Makes the directory entries of `dir` durable (new or renamed files).
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

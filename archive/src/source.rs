@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use tsem_pipeline::{Fetch, LineTap, RecordSource, TapBatch};
+use tsem_ingest::{Fetch, LineTap, RecordSource, TapBatch};
 
 use crate::durable::DurableWriter;
 use crate::filter::Filter;

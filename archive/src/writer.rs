@@ -3,17 +3,18 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
+use tsem_durable::{
+    create_private_dir, create_private_file as create_private, sync_dir, DirLock, LockError,
+};
 
 use crate::index::{
-    append_entry, chain, create_private, digest_from_hex, parse_segment_name, read_index,
-    segment_name, sync_dir, IndexEntry, Recovery, SegmentStats, FORMAT_FILE, FORMAT_TEXT,
-    INDEX_FILE, LOCK_FILE,
+    append_entry, chain, digest_from_hex, parse_segment_name, read_index, segment_name, IndexEntry,
+    Recovery, SegmentStats, FORMAT_FILE, FORMAT_TEXT, INDEX_FILE, LOCK_FILE,
 };
 use crate::ArchiveError;
 
@@ -118,7 +119,7 @@ pub struct OpenReport {
 /// (an exclusive lock); readers need no lock.
 pub struct ArchiveWriter {
     dir: PathBuf,
-    _lock: Flock<File>,
+    _lock: DirLock,
     index: File,
     options: WriterOptions,
     next_seq: u64,
@@ -143,14 +144,7 @@ fn unix_now() -> u64 {
 fn prepare_dir(dir: &Path) -> Result<bool, ArchiveError> {
     let io = io_at(dir);
     if !dir.exists() {
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io_at(parent))?;
-        }
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
-        }
+        create_private_dir(dir).map_err(&io)?;
     }
     let meta = fs::metadata(dir).map_err(&io)?;
     if !meta.is_dir() {
@@ -221,16 +215,10 @@ impl ArchiveWriter {
     /// (see [`OpenReport::recovered`]).
     pub fn open(dir: &Path, options: WriterOptions) -> Result<ArchiveWriter, ArchiveError> {
         let created = prepare_dir(dir)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_at(&lock_path))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| ArchiveError::Locked(dir.to_path_buf()))?;
+        let lock = tsem_durable::lock_dir(dir, LOCK_FILE).map_err(|e| match e {
+            LockError::Busy { dir } => ArchiveError::Locked(dir),
+            LockError::Io { path, source } => ArchiveError::io(&path, source),
+        })?;
         let index_path = dir.join(INDEX_FILE);
         let read = read_index(dir)?;
         let index = OpenOptions::new()

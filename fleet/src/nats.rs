@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream, Context};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tsem_pipeline::{Fetch, LineTap, RecordSource, TapBatch};
+use tsem_ingest::{Fetch, LineTap, RecordSource, TapBatch};
 
 use crate::spool::Entry;
 use crate::target::NatsTarget;

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use tsem_ingest::{LineTap, TapBatch};
 use tsem_model::Outcome;
-use tsem_pipeline::{LineTap, Mapped, Observer, TapBatch};
+use tsem_model::{Mapped, Observer};
 
 use crate::mqtt::MqttDestination;
 use crate::nats::NatsDestination;

@@ -25,17 +25,16 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
+use tsem_durable::{DirLock, LockError};
 
 use crate::FleetError;
 
-const HEADER: usize = 8;
+use tsem_durable::frame::{self, HEADER};
 const CURSOR_FILE: &str = "cursor";
 const LOCK_FILE: &str = "lock";
 
@@ -82,7 +81,7 @@ pub struct SpoolStats {
 }
 
 struct State {
-    _lock: Flock<File>,
+    _lock: DirLock,
     file: Option<File>,
     /// Entries appended but not yet written to `file`.
     buffer: Vec<u8>,
@@ -166,27 +165,16 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> FleetError + '_ {
     }
 }
 
-fn private_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-}
-
-/// Encodes one entry.
+/// Encodes one entry: a [`frame`] whose body is the subject and the id
+/// (each with a u16 length) and the payload.
 fn encode(out: &mut Vec<u8>, subject: &str, id: &str, payload: &[u8]) {
-    let body_len = 4 + subject.len() + id.len() + payload.len();
-    let start = out.len();
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    let start = frame::begin(out);
     out.extend_from_slice(&(subject.len() as u16).to_le_bytes());
     out.extend_from_slice(subject.as_bytes());
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    frame::finish(out, start);
 }
 
 /// What one entry at the start of `data` is.
@@ -200,22 +188,13 @@ enum Decoded {
 }
 
 fn decode(data: &Bytes) -> Decoded {
-    if data.len() < HEADER {
-        return Decoded::Short(HEADER);
-    }
-    let word = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-    let body_len = word(0) as usize;
-    let total = HEADER + body_len;
-    if body_len < 4 {
-        return Decoded::Damaged;
-    }
-    if data.len() < total {
-        return Decoded::Short(total);
-    }
+    // Subject and id lengths take 4 bytes at least.
+    let total = match frame::decode(data, 4) {
+        frame::Decoded::Frame { len } => len,
+        frame::Decoded::Short(need) => return Decoded::Short(need),
+        frame::Decoded::Damaged => return Decoded::Damaged,
+    };
     let body = data.slice(HEADER..total);
-    if crc32fast::hash(&body) != word(4) {
-        return Decoded::Damaged;
-    }
     let field = |at: usize| -> Option<(String, usize)> {
         let len = u16::from_le_bytes([*body.get(at)?, *body.get(at + 1)?]) as usize;
         let text = body.get(at + 2..at + 2 + len)?;
@@ -279,16 +258,9 @@ fn read_cursor(dir: &Path) -> Option<Pos> {
 }
 
 fn write_cursor(dir: &Path, pos: Pos) -> io::Result<()> {
-    let tmp = dir.join(".cursor.tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    writeln!(f, "{} {}", pos.file, pos.offset)?;
-    drop(f);
-    fs::rename(&tmp, dir.join(CURSOR_FILE))
+    let text = format!("{} {}\n", pos.file, pos.offset);
+    // Not synced: a cursor that lags after a crash only sends entries again.
+    tsem_durable::replace_file_unsynced(&dir.join(CURSOR_FILE), text.as_bytes())
 }
 
 impl Spool {
@@ -296,21 +268,12 @@ impl Spool {
     /// `max_bytes` of waiting entries. Entries left by an earlier process are
     /// kept (a torn last entry is cut off) and will be read first.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, SpoolReader), FleetError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_at(dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_at(&lock_path))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| FleetError::Busy(dir.to_path_buf()))?;
+        tsem_durable::create_private_dir(dir).map_err(io_at(dir))?;
+        let lock = tsem_durable::lock_dir(dir, LOCK_FILE).map_err(|e| match e {
+            LockError::Busy { dir } => FleetError::Busy(dir),
+            LockError::Io { path, source } => FleetError::Io { path, source },
+        })?;
+        tsem_durable::remove_stale_temporaries(dir).map_err(io_at(dir))?;
         let ids = list_files(dir)?;
         let mut cursor = read_cursor(dir).unwrap_or_default();
         // Files before the cursor were sent; a crash came before their removal.
@@ -372,7 +335,7 @@ impl Spool {
             };
         }
         let path = dir.join(file_name(write_file));
-        let file = private_append(&path).map_err(io_at(&path))?;
+        let file = tsem_durable::open_append_private(&path).map_err(io_at(&path))?;
         stats.pending = stats.recovered;
         stats.pending_bytes = used;
         let shared = Arc::new(Shared {
@@ -440,7 +403,7 @@ impl Spool {
         let mut result = Ok(());
         for _attempt in 0..2 {
             if st.file.is_none() {
-                match private_append(&dir.join(file_name(st.flushed.file))) {
+                match tsem_durable::open_append_private(&dir.join(file_name(st.flushed.file))) {
                     Ok(f) => st.file = Some(f),
                     Err(e) => {
                         result = Err(e);

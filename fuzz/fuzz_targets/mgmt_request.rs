@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tsem_pipeline::mgmt::wire;
+use tsem_process::mgmt::wire;
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = data;

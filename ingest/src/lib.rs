@@ -14,6 +14,8 @@ pub mod lines;
 pub mod number;
 pub mod record;
 pub mod source;
+pub mod tap;
+pub mod task;
 
 pub use event_type::EventType;
 pub use lines::{LineReader, Lines};
@@ -21,4 +23,9 @@ pub use number::{parse_c_integer, CInteger, NumberError};
 pub use record::{
     EventView, ExportKind, Member, Obj, ParseError, Parser, Record, DEFAULT_MAX_RECORD_LEN,
 };
-pub use source::{LineSource, Oversized};
+pub use source::{
+    for_each_record, open_path, Fetch, MappedFile, MemorySource, Oversized, RecordSource,
+    StreamSource, TimedReader, TimedSource,
+};
+pub use tap::{LineTap, TapBatch, TeeTap};
+pub use task::{Serial, Task};

@@ -1,91 +1,356 @@
-//! Input sources that deliver whole lines: a memory-mapped file, or a stream
-//! (stdin, a pipe, a non-regular file) read with bounded memory.
+//! Record sources: the one way every reader of tsem-stream gets "the next
+//! record". Each hands out one line at a time (without its `\n`, numbered
+//! from 1) and can say "nothing more right now" (`Idle`), so that the
+//! pipeline never holds a batch back waiting to fill while the input is idle.
+//!
+//! Every kind of input implements [`RecordSource`] directly: a mapped file, a
+//! stream, bytes in memory, the kernel's export file and a followed file
+//! (through [`TimedSource`]); the archive and NATS readers in their crates.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use memmap2::Mmap;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::lines::{Line, LineReader, Lines};
+use crate::export::Next;
+use crate::lines::{Line, LineReader};
 
 /// A line that is too long to be a record (its bytes were not kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Oversized(pub usize);
 
-/// Where lines come from.
-pub enum LineSource {
-    /// A regular file, memory-mapped (no copy, no read syscalls per line).
-    Mapped {
-        /// The mapping (`None` for an empty file, which cannot be mapped).
-        map: Option<Mmap>,
-        /// Lines longer than this are reported as [`Oversized`].
-        max_len: usize,
+/// What a source produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetch<'a> {
+    /// One line (without `\n`), with its 1-based number in the source.
+    Record {
+        /// Line (record) number.
+        number: u64,
+        /// The bytes.
+        bytes: &'a [u8],
     },
-    /// Any readable stream.
-    Stream(LineReader<Box<dyn Read + Send>>),
+    /// A line longer than the record limit (its bytes were dropped).
+    Oversized {
+        /// Line number.
+        number: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// No complete record is available now (only when not asked to wait).
+    Idle,
+    /// The input has ended.
+    End,
 }
 
-impl LineSource {
-    /// Opens `path` (`-` is stdin): regular files are mapped, anything else is streamed.
-    pub fn open(path: &Path, max_len: usize) -> io::Result<LineSource> {
-        if path.as_os_str() == "-" {
-            return Ok(Self::stream(Box::new(io::stdin()), max_len));
+/// A source of records.
+pub trait RecordSource: Send {
+    /// The next record. With `wait == false` a source that would block returns
+    /// [`Fetch::Idle`] instead.
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>>;
+    /// The name used in messages (`FILE:LINE: …`).
+    fn name(&self) -> &str;
+    /// Total bytes, when known in advance (for a progress bar).
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A regular file, memory-mapped: never idle, no copies, no syscalls per line.
+pub struct MappedFile {
+    map: Option<Mmap>,
+    cursor: SliceCursor,
+    name: String,
+}
+
+/// Where a source over bytes it holds whole (a map, a buffer) stands.
+struct SliceCursor {
+    pos: usize,
+    number: u64,
+    max_len: usize,
+}
+
+impl SliceCursor {
+    fn new(max_len: usize) -> SliceCursor {
+        SliceCursor {
+            pos: 0,
+            number: 0,
+            max_len,
         }
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
-        if meta.is_file() {
-            let map = if meta.len() == 0 {
-                None
-            } else {
-                // SAFETY: the map is read-only; a file truncated by someone else
-                // while mapped is the same hazard as for `grep` or `ripgrep`.
-                Some(unsafe { Mmap::map(&file)? })
+    }
+
+    /// The line of `data` at the cursor; the last line needs no `\n`.
+    fn next<'a>(&mut self, data: &'a [u8]) -> Fetch<'a> {
+        if self.pos >= data.len() {
+            return Fetch::End;
+        }
+        let rest = &data[self.pos..];
+        let (line, advance) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        self.pos += advance;
+        self.number += 1;
+        if line.len() > self.max_len {
+            return Fetch::Oversized {
+                number: self.number,
+                len: line.len(),
             };
-            Ok(LineSource::Mapped { map, max_len })
+        }
+        Fetch::Record {
+            number: self.number,
+            bytes: line,
+        }
+    }
+}
+
+impl MappedFile {
+    /// Maps `path` (an empty file yields no records).
+    pub fn open(path: &Path, max_len: usize) -> io::Result<MappedFile> {
+        let file = File::open(path)?;
+        let map = if file.metadata()?.len() == 0 {
+            None
         } else {
-            Ok(Self::stream(Box::new(file), max_len))
+            // SAFETY: the map is read-only; a file truncated by someone else
+            // while mapped is the same hazard as for `grep` or `ripgrep`.
+            Some(unsafe { Mmap::map(&file)? })
+        };
+        Ok(MappedFile {
+            map,
+            cursor: SliceCursor::new(max_len),
+            name: path.display().to_string(),
+        })
+    }
+}
+
+impl RecordSource for MappedFile {
+    fn size_hint(&self) -> Option<u64> {
+        Some(self.map.as_ref().map_or(0, |m| m.len() as u64))
+    }
+
+    fn fetch(&mut self, _wait: bool) -> io::Result<Fetch<'_>> {
+        let data: &[u8] = self.map.as_deref().unwrap_or(&[]);
+        Ok(self.cursor.next(data))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A stream (stdin, a pipe, a character device) read with bounded memory.
+pub struct StreamSource<R> {
+    reader: LineReader<R>,
+    name: String,
+}
+
+impl<R: Read + AsFd + Send> StreamSource<R> {
+    /// Reads lines from `inner`.
+    pub fn new(inner: R, max_len: usize, name: impl Into<String>) -> Self {
+        StreamSource {
+            reader: LineReader::new(inner, max_len),
+            name: name.into(),
         }
     }
 
-    /// A source over any stream.
-    pub fn stream(reader: Box<dyn Read + Send>, max_len: usize) -> LineSource {
-        LineSource::Stream(LineReader::new(reader, max_len))
+    fn readable_now(&self) -> io::Result<bool> {
+        let fd: BorrowedFd<'_> = self.reader.get_ref().as_fd();
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+}
+
+impl<R: Read + AsFd + Send> RecordSource for StreamSource<R> {
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>> {
+        if !wait
+            && !self.reader.has_buffered_line()
+            && !self.reader.at_eof()
+            && !self.readable_now()?
+        {
+            return Ok(Fetch::Idle);
+        }
+        let number = self.reader.line_number() + 1;
+        Ok(match self.reader.next_line()? {
+            None => Fetch::End,
+            Some(Line::Text(bytes)) => Fetch::Record { number, bytes },
+            Some(Line::TooLong(len)) => Fetch::Oversized { number, len },
+        })
     }
 
-    /// Calls `f` with each line's 1-based number and bytes (without `\n`),
-    /// until the input ends or `f` breaks.
-    pub fn for_each_line<B>(
-        &mut self,
-        mut f: impl FnMut(u64, Result<&[u8], Oversized>) -> ControlFlow<B>,
-    ) -> io::Result<Option<B>> {
-        match self {
-            LineSource::Mapped { map, max_len } => {
-                let data: &[u8] = map.as_deref().unwrap_or(&[]);
-                for (n, line) in Lines::new(data) {
-                    let item = if line.len() > *max_len {
-                        Err(Oversized(line.len()))
-                    } else {
-                        Ok(line)
-                    };
-                    if let ControlFlow::Break(b) = f(n, item) {
-                        return Ok(Some(b));
-                    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Opens a path as a source: `-` is stdin, regular files are mapped, anything
+/// else (FIFOs, devices) is streamed.
+pub fn open_path(path: &Path, max_len: usize) -> io::Result<Box<dyn RecordSource>> {
+    if path.as_os_str() == "-" {
+        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        return Ok(Box::new(StreamSource::new(stdin, max_len, "<stdin>")));
+    }
+    let file = File::open(path)?;
+    if file.metadata()?.is_file() {
+        return Ok(Box::new(MappedFile::open(path, max_len)?));
+    }
+    Ok(Box::new(StreamSource::new(
+        file,
+        max_len,
+        path.display().to_string(),
+    )))
+}
+
+/// A source over bytes in memory (tests, benchmarks, the bundled example).
+pub struct MemorySource {
+    data: Vec<u8>,
+    cursor: SliceCursor,
+    name: String,
+}
+
+impl MemorySource {
+    /// Lines of `data`.
+    pub fn new(data: Vec<u8>, max_len: usize, name: impl Into<String>) -> Self {
+        MemorySource {
+            data,
+            cursor: SliceCursor::new(max_len),
+            name: name.into(),
+        }
+    }
+}
+
+impl RecordSource for MemorySource {
+    fn fetch(&mut self, _wait: bool) -> io::Result<Fetch<'_>> {
+        Ok(self.cursor.next(&self.data))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Calls `f` with each record's number and bytes (or [`Oversized`]) until the
+/// input ends or `f` breaks, waiting for input as needed: the simple,
+/// sequential way to read a source (the commands that need no pipeline).
+pub fn for_each_record<B>(
+    source: &mut dyn RecordSource,
+    mut f: impl FnMut(u64, Result<&[u8], Oversized>) -> ControlFlow<B>,
+) -> io::Result<Option<B>> {
+    loop {
+        let flow = match source.fetch(true)? {
+            Fetch::Record { number, bytes } => f(number, Ok(bytes)),
+            Fetch::Oversized { number, len } => f(number, Err(Oversized(len))),
+            Fetch::Idle => continue,
+            Fetch::End => return Ok(None),
+        };
+        if let ControlFlow::Break(b) = flow {
+            return Ok(Some(b));
+        }
+    }
+}
+
+/// Adapts a reader with `next_record(timeout)` semantics (the kernel's export
+/// file, follow mode) to [`RecordSource`].
+pub struct TimedSource<R> {
+    reader: R,
+    name: String,
+    number: u64,
+    /// Set from outside (a signal) to end the input at the next wait step.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// How often a stoppable [`TimedSource`] looks at its stop flag while the
+/// input is idle.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Readers that deliver records with a timeout (see [`Next`]).
+pub trait TimedReader: Send {
+    /// The next record, waiting at most `timeout` (`None`: block).
+    fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>>;
+}
+
+impl TimedReader for crate::export::ExportReader {
+    fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>> {
+        self.next_record(timeout)
+    }
+}
+
+impl TimedReader for crate::follow::FollowReader {
+    fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>> {
+        self.next_record(timeout)
+    }
+}
+
+impl<R: TimedReader> TimedSource<R> {
+    /// Wraps `reader`, naming it `name` in messages.
+    pub fn new(reader: R, name: impl Into<String>) -> Self {
+        TimedSource {
+            reader,
+            name: name.into(),
+            number: 0,
+            stop: None,
+        }
+    }
+
+    /// Ends the input (as at end of file) once `stop` (if any) is set: a live source
+    /// (the kernel's export file, a followed file) has no end of its own,
+    /// and SIGINT/SIGTERM should still finish the run cleanly.
+    pub fn with_stop(
+        mut self,
+        stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
+        self.stop = stop;
+        self
+    }
+}
+
+impl<R: TimedReader> RecordSource for TimedSource<R> {
+    fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Ok(Fetch::End);
+        }
+        let timeout = match (wait, &self.stop) {
+            (false, _) => Some(std::time::Duration::ZERO),
+            (true, None) => None,
+            (true, Some(_)) => Some(STOP_POLL),
+        };
+        // Idle and a restart after truncation come back as Idle: the reader
+        // stage simply asks again.
+        Ok(match self.reader.next_timed(timeout)? {
+            Next::Record(bytes) => {
+                self.number += 1;
+                Fetch::Record {
+                    number: self.number,
+                    bytes,
                 }
-                Ok(None)
             }
-            LineSource::Stream(reader) => loop {
-                let n = reader.line_number() + 1;
-                let line = match reader.next_line()? {
-                    None => return Ok(None),
-                    Some(Line::Text(t)) => Ok(t),
-                    Some(Line::TooLong(n)) => Err(Oversized(n)),
-                };
-                if let ControlFlow::Break(b) = f(n, line) {
-                    return Ok(Some(b));
+            Next::Oversized(len) => {
+                self.number += 1;
+                Fetch::Oversized {
+                    number: self.number,
+                    len,
                 }
-            },
-        }
+            }
+            Next::Idle => Fetch::Idle,
+            Next::Truncated => {
+                self.number = 0;
+                Fetch::Idle
+            }
+            Next::End => Fetch::End,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }

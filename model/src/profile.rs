@@ -214,3 +214,17 @@ impl Pseudonyms {
         Ok(set)
     }
 }
+
+/// The COE and CELL digests of an event under `profile` with `pseudonyms`
+/// (the two halves of its coefficient: what `explain` compares).
+pub fn coe_and_cell(
+    profile: Profile,
+    pseudonyms: &Pseudonyms,
+    view: &EventView<'_>,
+) -> Result<(Digest, Digest), MapError> {
+    let coe = Fields::new(view.coe, "COE", profile);
+    match profile {
+        Profile::Quixote => Ok((quixote::coe(&coe)?, quixote::cell(view, pseudonyms)?)),
+        Profile::Kernel => Ok((kernel::coe(&coe)?, kernel::cell(view, pseudonyms)?)),
+    }
+}

@@ -10,14 +10,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
-use tsem_ingest::{EventType, ExportKind, Parser, Record, DEFAULT_MAX_RECORD_LEN};
+use tsem_ingest::{
+    ExportKind, Fetch, LineTap, Parser, RecordSource, Serial, TapBatch, DEFAULT_MAX_RECORD_LEN,
+};
 use tsem_model::views::View;
-use tsem_model::{Coefficient, Digest, Mapper, Outcome};
+use tsem_model::{map_line, Coefficient, Mapped, Mapper, Observer};
 
 use crate::sink::ModelSink;
-use crate::source::{Fetch, RecordSource};
 use crate::stats::{Stats, WorkerStats};
-use crate::verdict::{Task, VerdictWriter};
+use crate::verdict::VerdictWriter;
 
 /// What to do with a line that cannot be parsed or mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -65,41 +66,6 @@ impl Default for PipelineOptions {
     }
 }
 
-/// The result of parsing and mapping one line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mapped {
-    /// An empty line (not a record).
-    Blank,
-    /// A hardware aggregate record.
-    Aggregate(Digest),
-    /// A security event with its coefficient.
-    Event {
-        /// The coefficient.
-        coefficient: Coefficient,
-        /// Export kind (`None` for a trajectory line).
-        kind: Option<ExportKind>,
-        /// The task, when the record names one.
-        task: Option<Task>,
-        /// The known event type (`None`: generic mapping of an unknown name).
-        event_type: Option<EventType>,
-        /// The kernel's numbering of the event, when printed.
-        serial: Option<Serial>,
-    },
-    /// A v3 `log{}` notice (nothing to model).
-    LogNotice,
-    /// The line could not be used.
-    Error {
-        /// What is wrong.
-        message: String,
-        /// Export kind, if it got that far.
-        kind: Option<ExportKind>,
-        /// The task, if it got that far.
-        task: Option<Task>,
-        /// The kernel's numbering of the event, if it got that far.
-        serial: Option<Serial>,
-    },
-}
-
 /// The kernel's event numbers seen, per namespace: what lies between the
 /// lowest and the highest and was never seen is lost (queue overflow, a
 /// record the kernel dropped). Events before the first one seen cannot be
@@ -134,16 +100,6 @@ impl Numbering {
     }
 }
 
-/// Where an event stands in its namespace's numbering (`event.context` and
-/// `event.number`, v4 and later kernels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Serial {
-    /// The namespace (`context`).
-    pub context: u64,
-    /// The event's number in it.
-    pub number: u64,
-}
-
 /// Decides the verdicts workers write: a snapshot of what they need of the model.
 #[derive(Debug, Default)]
 pub struct VerdictPolicy {
@@ -169,63 +125,6 @@ impl VerdictPolicy {
     }
 }
 
-/// Called by the sequencer for every line, in input order.
-pub trait Observer {
-    /// One line and what became of it; `outcome` is the model's result for events.
-    fn line(
-        &mut self,
-        source: &str,
-        number: u64,
-        bytes: &[u8],
-        mapped: &Mapped,
-        outcome: Option<&Outcome>,
-    ) -> io::Result<()>;
-}
-
-/// An observer that ignores everything.
-pub struct NoObserver;
-
-impl Observer for NoObserver {
-    fn line(
-        &mut self,
-        _: &str,
-        _: u64,
-        _: &[u8],
-        _: &Mapped,
-        _: Option<&Outcome>,
-    ) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The records of one batch, in arrival order, as a [`LineTap`] sees them.
-pub struct TapBatch<'a> {
-    batch: &'a Batch,
-}
-
-impl<'a> TapBatch<'a> {
-    /// Each record's line number and bytes (without `\n`); oversized lines are not records.
-    pub fn records(&self) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
-        let batch = self.batch;
-        batch
-            .lines
-            .iter()
-            .filter(|l| l.oversized == 0 && l.len > 0)
-            .map(move |l| (l.number, batch.line(l)))
-    }
-}
-
-/// A consumer of every record received, verbatim and in arrival order (the
-/// archive). It runs on its own thread so that slow storage does not delay
-/// modeling; a bounded queue in front of it makes it push back instead of
-/// letting memory grow.
-pub trait LineTap: Send {
-    /// Takes one batch of records.
-    fn write_batch(&mut self, batch: &TapBatch<'_>) -> io::Result<()>;
-    /// Called once after the last batch (flush, close segments).
-    fn finish(&mut self) -> io::Result<()>;
-}
-
 /// A request to the running model, answered by the sequencer between batches
 /// (so it sees a consistent model without locks): the management socket's views.
 pub enum ModelRequest {
@@ -244,19 +143,6 @@ pub enum ModelRequest {
         /// Acknowledgement.
         reply: Sender<Result<(), String>>,
     },
-}
-
-/// Several taps fed from one: each batch goes to every tap in turn (the
-/// archive and a publisher, say). The first failure stops the run.
-pub struct TeeTap(pub Vec<Box<dyn LineTap>>);
-
-impl LineTap for TeeTap {
-    fn write_batch(&mut self, batch: &TapBatch<'_>) -> io::Result<()> {
-        self.0.iter_mut().try_for_each(|t| t.write_batch(batch))
-    }
-    fn finish(&mut self) -> io::Result<()> {
-        self.0.iter_mut().try_for_each(|t| t.finish())
-    }
 }
 
 /// Where the pipeline's results go besides the model.
@@ -354,6 +240,17 @@ impl Batch {
 
     fn line(&self, l: &LineRef) -> &[u8] {
         &self.data[l.start as usize..(l.start + l.len) as usize]
+    }
+
+    /// The batch's records as a tap sees them; oversized lines are not records.
+    fn tap_view(&self) -> TapBatch<'_> {
+        TapBatch::new(
+            self.lines
+                .iter()
+                .filter(|l| l.oversized == 0 && l.len > 0)
+                .map(|l| (l.number, self.line(l)))
+                .collect(),
+        )
     }
 }
 
@@ -610,7 +507,7 @@ impl Run {
                     let mut failed = None;
                     for mut batch in rx.iter() {
                         if failed.is_none() {
-                            if let Err(e) = tap.write_batch(&TapBatch { batch: &batch }) {
+                            if let Err(e) = tap.write_batch(&batch.tap_view()) {
                                 shared.stop.store(true, Ordering::SeqCst);
                                 failed = Some(e);
                             }
@@ -860,70 +757,6 @@ fn read_loop(
     }
 }
 
-fn parse_serial(view: &tsem_ingest::EventView<'_>) -> Option<Serial> {
-    Some(Serial {
-        context: view.context()?.parse().ok()?,
-        number: view.number()?.parse().ok()?,
-    })
-}
-
-fn parse_task(view: &tsem_ingest::EventView<'_>) -> Option<Task> {
-    let pid = view.pid()?.parse().ok()?;
-    let tnum = view.tnum().and_then(|t| t.parse().ok());
-    Some(Task { pid, tnum })
-}
-
-fn map_line(parser: &mut Parser, mapper: &Mapper, bytes: &[u8]) -> Mapped {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Mapped::Blank;
-    }
-    let parsed = parser.parse(bytes, |record| match record {
-        Record::Aggregate { value } => match value.parse::<Digest>() {
-            Ok(d) => Mapped::Aggregate(d),
-            Err(e) => Mapped::Error {
-                message: format!("aggregate.value: {e}"),
-                kind: Some(ExportKind::Aggregate),
-                task: None,
-                serial: None,
-            },
-        },
-        Record::LogNotice { .. } => Mapped::LogNotice,
-        Record::Event(view) => {
-            let task = parse_task(&view);
-            let serial = parse_serial(&view);
-            match mapper.coefficient(&view) {
-                Ok(coefficient) => Mapped::Event {
-                    coefficient,
-                    kind: view.export,
-                    task,
-                    event_type: view.event_type,
-                    serial,
-                },
-                Err(e) => Mapped::Error {
-                    message: format!("{}: {e}", view.type_name),
-                    kind: view.export,
-                    task,
-                    serial,
-                },
-            }
-        }
-    });
-    parsed.unwrap_or_else(|e| {
-        // The task of a synchronous event sleeps until answered, whatever its
-        // bytes: find it in the header the kernel writes first.
-        let h = tsem_ingest::lenient::scan_header(bytes);
-        Mapped::Error {
-            message: e.to_string(),
-            kind: h.kind,
-            task: h.pid.map(|pid| Task { pid, tnum: h.tnum }),
-            serial: h
-                .context
-                .zip(h.number)
-                .map(|(context, number)| Serial { context, number }),
-        }
-    })
-}
-
 /// What parsing and mapping needs, per thread: its own parser, shared mapper,
 /// verdict policy and writer.
 struct MapStage {
@@ -1166,9 +999,17 @@ fn sequence_stage(
     Ok(())
 }
 
+impl ModelRequest {
+    /// Answers the request from the model itself, when no pipeline runs
+    /// (it has ended, and the workload may still run for a while).
+    pub fn answer(self, sink: &mut ModelSink) {
+        answer_request(self, sink, None);
+    }
+}
+
 /// Answers a management request against `sink`; a seal also refreshes the
 /// workers' verdict policy when a pipeline is running (`policy`).
-pub(crate) fn answer_request(
+fn answer_request(
     request: ModelRequest,
     sink: &mut ModelSink,
     policy: Option<&RwLock<Arc<VerdictPolicy>>>,

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use tsem_model::state::{trajectory_line, Point};
-use tsem_model::store::{ModelStore, StoreError, StoreMeta, StoreSnapshot, StoredPoint};
 use tsem_model::views::{render, View};
-use tsem_model::{Model, Outcome};
+use tsem_model::{Mapped, Model, Outcome};
+use tsem_store::{model_from_parts, ModelStore, StoreError, StoreMeta, StoredPoint};
 
-use crate::engine::{Mapped, VerdictPolicy};
+use crate::engine::VerdictPolicy;
 use crate::stats::Stats;
 
 /// The model a pipeline feeds, with its optional durable store.
@@ -20,56 +20,6 @@ pub struct ModelSink {
     touched_mark: Vec<bool>,
     unknown_event_names: u64,
     errors: u64,
-}
-
-/// Rebuilds a model from persisted parts: scalars, points in insertion order, pseudonyms.
-pub fn model_from_parts(
-    meta: &StoreMeta,
-    points: &[StoredPoint],
-    pseudonyms: &[tsem_model::Digest],
-) -> Model {
-    let mut ordered: Vec<&StoredPoint> = points.iter().collect();
-    ordered.sort_by_key(|p| p.order);
-    let points = ordered
-        .into_iter()
-        .map(|p| Point {
-            coefficient: p.coefficient,
-            count: p.count,
-            valid: p.valid,
-        })
-        .collect();
-    let mut model = Model::restore(
-        meta.profile,
-        meta.base,
-        meta.aggregate,
-        meta.host_aggregate,
-        meta.measurement,
-        points,
-        meta.sealed,
-        meta.enforcing,
-        meta.events,
-        meta.violations,
-    );
-    for p in pseudonyms {
-        model.add_pseudonym(*p);
-    }
-    model
-}
-
-/// Rebuilds a model, descriptions included, from a store snapshot.
-pub fn model_from_snapshot(s: &StoreSnapshot) -> Model {
-    let mut model = model_from_parts(&s.meta, &s.points, &s.pseudonyms);
-    model.set_descriptions(
-        s.trajectory
-            .iter()
-            .map(|l| l.clone().into_boxed_slice())
-            .collect(),
-        s.forensics
-            .iter()
-            .map(|l| l.clone().into_boxed_slice())
-            .collect(),
-    );
-    model
 }
 
 impl ModelSink {

@@ -13,14 +13,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Identity of a task waiting for (or owed) a verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Task {
-    /// Global PID.
-    pub pid: u64,
-    /// Task number (2025 kernels); `None` on kernels that do not print it.
-    pub tnum: Option<u64>,
-}
+pub use tsem_ingest::Task;
 
 /// Which release protocol the kernel speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use tsem_ingest::MemorySource;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+use tsem_model::NoObserver;
 use tsem_model::{Mapper, Model, Profile, Pseudonyms};
-use tsem_pipeline::source::MemorySource;
-use tsem_pipeline::{run, ErrorPolicy, ModelSink, NoObserver, Outputs, PipelineOptions};
+use tsem_pipeline::{run, ErrorPolicy, ModelSink, Outputs, PipelineOptions};
 
 fn corpus() -> Vec<u8> {
     std::fs::read(concat!(

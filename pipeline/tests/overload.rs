@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tsem_ingest::export::ExportReader;
+use tsem_ingest::TimedSource;
+use tsem_ingest::{LineTap, TapBatch};
+use tsem_model::NoObserver;
 use tsem_model::{Mapper, Model, Profile, Pseudonyms};
-use tsem_pipeline::sim::{self, SimOptions};
-use tsem_pipeline::source::TimedSource;
-use tsem_pipeline::{
-    ControlProtocol, LineTap, ModelSink, NoObserver, Outputs, PipelineOptions, TapBatch,
-    VerdictWriter,
-};
+use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineOptions, VerdictWriter};
+use tsem_sim::{self as sim, SimOptions};
 
 /// A tap that takes 2 ms per batch, like a slow disk.
 struct SlowTap {

@@ -16,7 +16,7 @@ use tsem_archive::{
     export_parquet, Archive, ArchiveSource, ArchiveTap, DurableWriter, Filter, OpenReport,
     WriterOptions,
 };
-use tsem_pipeline::{Fetch, RecordSource};
+use tsem_ingest::{Fetch, RecordSource};
 
 use super::{display_name, open_lines};
 
@@ -182,7 +182,7 @@ fn tell_open(dir: &Path, report: Option<OpenReport>) {
 }
 
 /// The archive sink of `run --archive DIR`: every record, verbatim, in arrival order.
-pub fn tap_for(dir: &Path, level: i32) -> anyhow::Result<Box<dyn tsem_pipeline::LineTap>> {
+pub fn tap_for(dir: &Path, level: i32) -> anyhow::Result<Box<dyn tsem_ingest::LineTap>> {
     let options = WriterOptions {
         level,
         ..WriterOptions::default()
@@ -234,7 +234,7 @@ fn write(args: &WriteArgs) -> anyhow::Result<ExitCode> {
     let mut source = open_lines(&args.input)?;
     let mut failed = None;
     let mut oversized = 0u64;
-    let read = source.for_each_line(|n, line| match line {
+    let read = tsem_ingest::for_each_record(&mut *source, |n, line| match line {
         // Empty lines are not records (as in the pipeline's tap).
         Ok([]) => ControlFlow::Continue(()),
         Ok(bytes) => match writer.append([bytes]) {

@@ -19,14 +19,13 @@ use anyhow::Context;
 use clap::Args;
 use plotters::prelude::*;
 use serde_json::{json, Value};
+use tsem_ingest::MappedFile;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+use tsem_model::NoObserver;
 use tsem_model::{Mapper, Model, Profile, Pseudonyms};
-use tsem_pipeline::corpus::{generate, CorpusSpec};
-use tsem_pipeline::sim::{self, SimOptions};
-use tsem_pipeline::source::MappedFile;
-use tsem_pipeline::{
-    ControlProtocol, ModelSink, NoObserver, Outputs, PipelineOptions, VerdictWriter,
-};
+use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineOptions, VerdictWriter};
+use tsem_sim::corpus::{generate, CorpusSpec};
+use tsem_sim::{self as sim, SimOptions};
 
 /// The conformance corpus mix, used as templates.
 const TEMPLATES: &[u8] = include_bytes!("../../examples/conformance-mix.jsonl");

@@ -28,7 +28,7 @@ pub fn run(
     let mut bad = 0u64;
     let mut unknown = 0u64;
     let mut io_error = None;
-    source.for_each_line(|n, line| {
+    tsem_ingest::for_each_record(&mut *source, |n, line| {
         let result = match line {
             Err(over) => Err(format!("record of {} bytes exceeds the limit", over.0)),
             Ok(l) if l.iter().all(u8::is_ascii_whitespace) => return ControlFlow::Continue(()),

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tsem_model::store::StoreSnapshot;
 use tsem_model::views::{render, View};
-use tsem_pipeline::mgmt::{self, Client, MgmtError, DEFAULT_MGMT_DIR};
-use tsem_pipeline::sink::model_from_snapshot;
+use tsem_process::mgmt::{self, Client, MgmtError, DEFAULT_MGMT_DIR};
+use tsem_store::model_from_snapshot;
+use tsem_store::StoreSnapshot;
 
 /// Options of `console`.
 #[derive(Args, Clone, Debug)]

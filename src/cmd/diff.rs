@@ -11,11 +11,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 use tsem_archive::Archive;
+use tsem_ingest::{Fetch, RecordSource};
 use tsem_ingest::{Obj, Parser, Record};
-use tsem_model::store::{ModelStore, StoreSnapshot};
 use tsem_model::{modelfile, Coefficient, Digest, Mapper, Model, Profile, Pseudonyms};
-use tsem_pipeline::sink::model_from_snapshot;
-use tsem_pipeline::{Fetch, RecordSource};
+use tsem_store::model_from_snapshot;
+use tsem_store::{ModelStore, StoreSnapshot};
 
 use super::modeling::read_model_file;
 use super::replay::source_of;

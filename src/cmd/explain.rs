@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use serde_json::{json, Value};
+use tsem_analysis::explain::{Context, Explainer, Finding, Report};
 use tsem_ingest::Parser;
-use tsem_model::explain::{Context, Explainer, Finding, Report};
-use tsem_model::store::StoreSnapshot;
+use tsem_ingest::{Fetch, RecordSource};
 use tsem_model::{modelfile, Model, Profile};
-use tsem_pipeline::sink::model_from_snapshot;
-use tsem_pipeline::{Fetch, RecordSource};
+use tsem_store::model_from_snapshot;
+use tsem_store::StoreSnapshot;
 
 use super::modeling::read_model_file;
 use super::rebuild::{lines_source, open_descriptions, Descriptions};
@@ -63,7 +63,7 @@ pub struct ExplainArgs {
 /// `SOURCE:LINE: what` and counted.
 fn each_record(
     source: &mut dyn RecordSource,
-    mut f: impl FnMut(u64, &[u8]) -> Result<(), tsem_model::explain::ExplainError>,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), tsem_analysis::explain::ExplainError>,
 ) -> anyhow::Result<u64> {
     let name = source.name().to_owned();
     let mut errors = 0;

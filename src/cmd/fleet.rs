@@ -21,7 +21,8 @@ use tsem_fleet::{
     FleetModel, NatsSource, PublishReport, PublisherConfig, Publishing, Server, SourceOptions,
     Target,
 };
-use tsem_pipeline::{LineTap, Outputs, TeeTap};
+use tsem_ingest::{LineTap, TeeTap};
+use tsem_pipeline::Outputs;
 
 use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
 use super::run::{execute, finish, RunOutcome, SummaryFormat};

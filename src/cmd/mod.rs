@@ -21,7 +21,7 @@ pub mod sim;
 use std::path::Path;
 
 use anyhow::Context;
-use tsem_ingest::{LineSource, DEFAULT_MAX_RECORD_LEN};
+use tsem_ingest::{open_path, RecordSource, DEFAULT_MAX_RECORD_LEN};
 use tsem_model::Pseudonyms;
 
 /// The name of an input in messages: the path, or `<stdin>` for `-`.
@@ -34,8 +34,8 @@ pub fn display_name(path: &Path) -> String {
 }
 
 /// Opens an input file (or `-` for stdin) for line reading.
-pub fn open_lines(path: &Path) -> anyhow::Result<LineSource> {
-    LineSource::open(path, DEFAULT_MAX_RECORD_LEN)
+pub fn open_lines(path: &Path) -> anyhow::Result<Box<dyn RecordSource>> {
+    open_path(path, DEFAULT_MAX_RECORD_LEN)
         .with_context(|| format!("cannot open {}", display_name(path)))
 }
 
@@ -56,12 +56,12 @@ pub fn export_source(
     path: &Path,
     spin: std::time::Duration,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+) -> anyhow::Result<Box<dyn tsem_ingest::RecordSource>> {
     let reader = tsem_ingest::export::ExportReader::open(path)
         .map(|r| r.with_spin(spin))
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok(Box::new(
-        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
+        tsem_ingest::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
     ))
 }
 
@@ -69,10 +69,10 @@ pub fn export_source(
 pub fn follow_source(
     path: &Path,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-) -> anyhow::Result<Box<dyn tsem_pipeline::RecordSource>> {
+) -> anyhow::Result<Box<dyn tsem_ingest::RecordSource>> {
     let reader = tsem_ingest::follow::FollowReader::open(path, DEFAULT_MAX_RECORD_LEN)
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok(Box::new(
-        tsem_pipeline::source::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
+        tsem_ingest::TimedSource::new(reader, path.display().to_string()).with_stop(stop),
     ))
 }

@@ -136,7 +136,7 @@ impl ModelArgs {
         let requested = model.pseudonyms().clone();
         let seal = model.is_sealed();
         if let (Some(dir), Some(file)) = (&self.store, &self.model) {
-            if tsem_model::store::ModelStore::exists(dir) {
+            if tsem_store::ModelStore::exists(dir) {
                 bail!(
                     "store {} already holds a model: leave out -m {} to go on with it, \
                      or give a new --store directory",

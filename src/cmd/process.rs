@@ -15,15 +15,15 @@ use anyhow::Context;
 use clap::ValueEnum;
 use tsem_ingest::export::ExportReader;
 use tsem_ingest::ExportKind;
+use tsem_model::{Mapped, Observer};
 use tsem_model::{Mapper, Outcome};
-use tsem_pipeline::mgmt::{self, Endpoint};
-use tsem_pipeline::orchestrate::{
+use tsem_pipeline::{
+    ControlProtocol, ModelSink, Outputs, PipelineError, PipelineOptions, VerdictWriter,
+};
+use tsem_process::mgmt::{self, Endpoint};
+use tsem_process::orchestrate::{
     self, ExternalOptions, Generation, GenerationChoice, LaunchOptions, Monitor, NsRef,
     WorkloadHandle, WorkloadSource,
-};
-use tsem_pipeline::{
-    ControlProtocol, Mapped, ModelSink, Observer, Outputs, PipelineError, PipelineOptions,
-    VerdictWriter,
 };
 
 use super::run::{finish, ProtocolArg, RunArgs, RunOutcome};

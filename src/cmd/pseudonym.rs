@@ -37,7 +37,7 @@ pub fn run(
         let name = display_name(events);
         let mut parser = Parser::default();
         let mut failure = None;
-        open_lines(events)?.for_each_line(|n, line| {
+        tsem_ingest::for_each_record(&mut *open_lines(events)?, |n, line| {
             let Ok(line) = line else {
                 eprintln!("{name}:{n}: record exceeds the length limit");
                 status = ExitCode::from(1);

@@ -19,11 +19,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use tsem_archive::{Archive, ArchiveSource};
+use tsem_ingest::{open_path, MemorySource};
+use tsem_ingest::{Fetch, RecordSource};
 use tsem_ingest::{Parser, Record, DEFAULT_MAX_RECORD_LEN};
-use tsem_model::store::{ModelStore, StoreSnapshot};
 use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model, Profile};
-use tsem_pipeline::source::{open_path, MemorySource};
-use tsem_pipeline::{Fetch, ModelSink, RecordSource};
+use tsem_pipeline::ModelSink;
+use tsem_store::{ModelStore, StoreSnapshot};
 
 use super::modeling::{read_model_file, summary, write_file_atomically};
 use super::run::SummaryFormat;

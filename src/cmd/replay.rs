@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use tsem_archive::{Archive, ArchiveSource};
+use tsem_ingest::RecordSource;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
-use tsem_pipeline::{Outputs, RecordSource};
+use tsem_pipeline::Outputs;
 
 use super::modeling::{ModelArgs, RunTuning};
 use super::run::{execute, open_input, SummaryFormat};
@@ -97,7 +98,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         publishing
             .as_mut()
-            .map(|p| p.observer() as &mut dyn tsem_pipeline::Observer),
+            .map(|p| p.observer() as &mut dyn tsem_model::Observer),
     )?;
     let published = publishing.map(|p| super::fleet::finish_publishing(p, &outcome));
     let summary = args

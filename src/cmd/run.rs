@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use tsem_ingest::RecordSource;
 use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+use tsem_ingest::{open_path, MemorySource};
 use tsem_model::{modelfile, Outcome};
-use tsem_pipeline::source::{open_path, MemorySource};
-use tsem_pipeline::{
-    ControlProtocol, Mapped, ModelSink, Observer, Outputs, PipelineError, RecordSource,
-    VerdictWriter,
-};
+use tsem_model::{Mapped, Observer};
+use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineError, VerdictWriter};
 
 use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
 
@@ -550,7 +549,7 @@ pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
                 .model
                 .store
                 .as_deref()
-                .is_some_and(tsem_model::store::ModelStore::exists),
+                .is_some_and(tsem_store::ModelStore::exists),
         "enforce needs a model (-m MODEL, or --store DIR of an existing store)"
     );
     let source = open_input(Some(&args.input))?;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tsem_model::store::StoreSnapshot;
 use tsem_model::views::{render, View};
 use tsem_model::{modelfile, Model};
-use tsem_pipeline::sink::model_from_snapshot;
+use tsem_store::model_from_snapshot;
+use tsem_store::StoreSnapshot;
 
 use super::modeling::{read_model_file, ModelArgs, RunTuning};
 use super::run::{execute, open_input};

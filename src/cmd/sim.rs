@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tsem_pipeline::sim::{self, SimKernel, SimOptions};
+use tsem_sim::{self as sim, SimKernel, SimOptions};
 
 /// `--kernel` of `sim`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -20,7 +20,7 @@ use tsem_model::views::View;
 
 use super::wire::{self, Reply, Request, Sizes, WireError};
 use super::MgmtError;
-use crate::engine::ModelRequest;
+use tsem_pipeline::ModelRequest;
 
 /// Longest workload name.
 const MAX_NAME: usize = 64;

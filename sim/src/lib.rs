@@ -26,6 +26,7 @@
 //! ([`V4Report`]). Process mode is implied there: the namespace is created
 //! by an accepted `external key=…`.
 
+pub mod corpus;
 mod fifo;
 mod ledger;
 mod procfs;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tsem_ingest::{LineSource, DEFAULT_MAX_RECORD_LEN};
+use tsem_ingest::{for_each_record, open_path, RecordSource, DEFAULT_MAX_RECORD_LEN};
 
 pub use ledger::{pid_of, SIMULATED_PIDS};
 pub use rewrite::{rewrite_event, RewriteError};
@@ -275,13 +276,13 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     let aggregate = check(opts)?;
     // The input first: a wrong path should fail before anything is created.
     let mut source =
-        LineSource::open(&opts.events, opts.max_record_len).map_err(|source| SimError::Io {
+        open_path(&opts.events, opts.max_record_len).map_err(|source| SimError::Io {
             what: format!("opening {}", opts.events.display()),
             source,
         })?;
     match opts.kernel {
-        SimKernel::Fifo => run_fifo(opts, &aggregate, &mut source),
-        SimKernel::V4 => run_v4(opts, &aggregate, &mut source),
+        SimKernel::Fifo => run_fifo(opts, &aggregate, &mut *source),
+        SimKernel::V4 => run_v4(opts, &aggregate, &mut *source),
     }
 }
 
@@ -290,7 +291,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
 fn run_v4(
     opts: &SimOptions,
     aggregate: &str,
-    source: &mut LineSource,
+    source: &mut dyn RecordSource,
 ) -> Result<SimReport, SimError> {
     let ledger = Arc::new(Ledger::new());
     let fs = v4::Mounted::mount(
@@ -322,7 +323,7 @@ fn run_v4(
 fn run_fifo(
     opts: &SimOptions,
     aggregate: &str,
-    source: &mut LineSource,
+    source: &mut dyn RecordSource,
 ) -> Result<SimReport, SimError> {
     let tree = if opts.wait_external {
         // `id` answers for the caller: the root namespace until it asks for one.
@@ -534,7 +535,7 @@ fn send_fifo(
     opts: &SimOptions,
     tree: &Tree,
     aggregate: &str,
-    source: &mut LineSource,
+    source: &mut dyn RecordSource,
     ledger: &Ledger,
 ) -> Result<Sent, SimError> {
     let mut export = fifo::open_export(&tree.export, opts.open_timeout)?;
@@ -551,7 +552,7 @@ fn send_fifo(
 /// outstanding limit applied), then waits for the verdicts.
 fn send(
     opts: &SimOptions,
-    source: &mut LineSource,
+    source: &mut dyn RecordSource,
     ledger: &Ledger,
     outlet: &mut dyn Outlet,
 ) -> Result<Sent, SimError> {
@@ -568,7 +569,7 @@ fn send(
     };
     let mut closed = false;
     let start = Instant::now();
-    let flow = source.for_each_line(|number, line| {
+    let flow = for_each_record(source, |number, line| {
         let Ok(line) = line else {
             s.skipped += 1;
             return ControlFlow::Continue(());

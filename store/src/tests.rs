@@ -517,10 +517,11 @@ fn store_leftovers_of_an_interrupted_growth_are_removed() {
     let before = view(&s);
     drop(s);
     fs::write(dir.join("table.2"), b"half a table").unwrap();
-    fs::write(dir.join(HEADER_TMP), b"half a header").unwrap();
+    let header_tmp = dir.join(format!("{}1-0-header", tsem_durable::TEMP_PREFIX));
+    fs::write(&header_tmp, b"half a header").unwrap();
     let s = ModelStore::open(&dir).unwrap();
     assert!(!dir.join("table.2").exists());
-    assert!(!dir.join(HEADER_TMP).exists());
+    assert!(!header_tmp.exists());
     assert_eq!(view(&s), before);
 }
 

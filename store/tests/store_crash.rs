@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tsem_model::store::{ModelStore, StoreMeta, StoreSnapshot, StoredPoint};
 use tsem_model::{Digest, Profile};
+use tsem_store::{ModelStore, StoreMeta, StoreSnapshot, StoredPoint};
 
 const DIR_ENV: &str = "TSEM_STORE_CRASH_DIR";
 const WRITER_TEST: &str = "crash_writer_child";

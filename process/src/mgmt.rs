@@ -71,8 +71,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use tsem_model::views::View;
 
-use crate::engine::ModelRequest;
-use crate::sink::ModelSink;
+use tsem_pipeline::{ModelRequest, ModelSink};
 
 pub use client::{list_workloads, Client};
 pub use server::{socket_path, validate_name, Endpoint, Server};
@@ -120,7 +119,7 @@ pub enum MgmtError {
 /// Answers a request from the model itself, once the pipeline that normally
 /// answers them has ended (the workload may still run for a while).
 pub fn answer(request: ModelRequest, sink: &mut ModelSink) {
-    crate::engine::answer_request(request, sink, None);
+    request.answer(sink);
 }
 
 /// The channel between a management [`Server`] and whoever answers its

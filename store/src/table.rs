@@ -28,7 +28,7 @@ use std::sync::atomic::{fence, Ordering};
 use memmap2::MmapMut;
 
 use super::{io_err, StoreError, StoredPoint};
-use crate::digest::Digest;
+use tsem_model::Digest;
 
 /// Bytes before the first slot.
 pub(super) const TABLE_HEADER_SIZE: u64 = 4096;

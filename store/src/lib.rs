@@ -56,16 +56,16 @@
 //! 1. `msync` the table and `fdatasync` the logs: the header about to be
 //!    written claims they hold every batch so far, and the WAL that could
 //!    rebuild them is cut just after, so they must be on disk first.
-//! 2. Write `header.tmp`, `fsync` it, `rename` it over `header`, `fsync`
-//!    the directory: the switch is atomic, and a crash leaves either the old
+//! 2. Write a fresh temporary file, `fsync` it, `rename` it over `header`, `fsync`
+//!    the directory ([`tsem_durable::replace_file`]): the switch is atomic, and a crash leaves either the old
 //!    or the new checkpoint, each consistent with the files it names.
 //! 3. After a growth, unlink the old table (a crash first leaves a stray
 //!    file that the next open removes).
 //! 4. Truncate the WAL (no sync: if the truncation is lost, its records are
 //!    numbered at or below the checkpoint and are skipped as stale).
 //!
-//! **Recovery** on [`ModelStore::open`]: take the lock, remove `header.tmp`
-//! and any `table.<n>` the header does not name (an interrupted growth),
+//! **Recovery** on [`ModelStore::open`]: take the lock, remove a leftover
+//! temporary header and any `table.<n>` the header does not name (an interrupted growth),
 //! read the header, map its table, then replay the WAL records numbered
 //! after the checkpoint in order, rewriting their log bytes and points. The
 //! first incomplete or damaged record ends the log and is cut off: it is the
@@ -106,21 +106,18 @@ mod tests;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-
-use crate::digest::Digest;
-use crate::profile::Profile;
 use format::{
     decode_header, encode_header, encode_record, scan_wal, Header, HeaderError, LogAppend,
     LogState, RecordParts, FORMAT_VERSION,
 };
 use table::{parse_table_file_name, Table, MAX_CAPACITY};
+use tsem_durable::{DirLock, LockError};
+use tsem_model::{Digest, Profile};
 
-pub use snapshot::StoreSnapshot;
+pub use snapshot::{model_from_parts, model_from_snapshot, StoreSnapshot};
 
 /// Scalar model state persisted with each batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,7 +253,6 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
 
 const LOCK_FILE: &str = "lock";
 const HEADER_FILE: &str = "header";
-const HEADER_TMP: &str = "header.tmp";
 const WAL_FILE: &str = "wal";
 const TRAJECTORY_FILE: &str = "trajectory";
 const FORENSICS_FILE: &str = "forensics";
@@ -317,49 +313,19 @@ fn read_header(dir: &Path) -> Result<Header, StoreError> {
     })
 }
 
-/// Makes the directory's entries (creations, renames) durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-/// Replaces the header atomically and durably (write temp, fsync, rename,
-/// fsync directory). The temp file is fsynced before the rename so that
+/// Replaces the header atomically and durably ([`tsem_durable::replace_file`]):
 /// `header` can never name a file whose content did not reach the disk.
 fn write_header(dir: &Path, h: &Header) -> Result<(), StoreError> {
-    let tmp = dir.join(HEADER_TMP);
-    let bytes = encode_header(h);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
     let path = dir.join(HEADER_FILE);
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
+    tsem_durable::replace_file(&path, &encode_header(h)).map_err(io_err(&path))
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
-        _ => Ok(()),
-    }
+    tsem_durable::remove_if_exists(path).map_err(io_err(path))
 }
 
 fn create_file(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))
+    tsem_durable::create_private_file(path).map_err(io_err(path))
 }
 
 /// Opens an existing store file for reading and writing; a missing one is
@@ -379,21 +345,10 @@ fn open_existing(path: &Path) -> Result<File, StoreError> {
 }
 
 /// Takes the writer lock of `dir`.
-fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        Errno::EWOULDBLOCK => StoreError::Locked {
-            path: dir.to_path_buf(),
-        },
-        e => io_err(&path)(io::Error::from(e)),
+fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    tsem_durable::lock_dir(dir, LOCK_FILE).map_err(|e| match e {
+        LockError::Busy { dir } => StoreError::Locked { path: dir },
+        LockError::Io { path, source } => io_err(&path)(source),
     })
 }
 
@@ -582,7 +537,7 @@ fn validate_table(table: &Table, len: u64) -> Result<(), StoreError> {
 pub struct ModelStore {
     dir: PathBuf,
     /// Held for the life of the handle: the flock is the single-writer rule.
-    _lock: Flock<File>,
+    _lock: DirLock,
     /// The checkpoint as last written.
     header: Header,
     table: Table,
@@ -679,8 +634,7 @@ impl ModelStore {
         Self::recover(dir, lock)
     }
 
-    fn recover(dir: &Path, lock: Flock<File>) -> Result<ModelStore, StoreError> {
-        remove_if_exists(&dir.join(HEADER_TMP))?;
+    fn recover(dir: &Path, lock: DirLock) -> Result<ModelStore, StoreError> {
         let header = read_header(dir)?;
         let header_path = dir.join(HEADER_FILE);
         if header.len > max_points(header.capacity) {
@@ -697,7 +651,12 @@ impl ModelStore {
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             let name = entry.file_name();
-            if let Some(gen) = name.to_str().and_then(parse_table_file_name) {
+            let Some(name) = name.to_str() else { continue };
+            // A header replacement a crash interrupted.
+            if name.starts_with(tsem_durable::TEMP_PREFIX) {
+                remove_if_exists(&entry.path())?;
+            }
+            if let Some(gen) = parse_table_file_name(name) {
                 if gen != header.table_gen {
                     remove_if_exists(&entry.path())?;
                 }

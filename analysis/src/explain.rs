@@ -19,11 +19,8 @@ use std::fmt::Write as _;
 
 use tsem_ingest::{parse_c_integer, EventView, Member, Obj, ParseError, Parser, Record};
 
-use crate::digest::{pseudonym_of, Coefficient, Digest};
-use crate::fields::{Fields, MapError};
-use crate::profile::{Mapper, Profile, Pseudonyms};
-use crate::state::Model;
-use crate::{kernel, quixote};
+use tsem_model::profile::coe_and_cell as parts;
+use tsem_model::{pseudonym_of, Coefficient, Digest, MapError, Mapper, Model, Profile, Pseudonyms};
 
 /// What a finding says about an event or the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1006,19 +1003,6 @@ impl Commands<'_> {
     }
 }
 
-/// The COE and CELL digests of an event under `profile` with `pseudonyms`.
-fn parts(
-    profile: Profile,
-    pseudonyms: &Pseudonyms,
-    view: &EventView<'_>,
-) -> Result<(Digest, Digest), MapError> {
-    let coe = Fields::new(view.coe, "COE", profile);
-    match profile {
-        Profile::Quixote => Ok((quixote::coe(&coe)?, quixote::cell(view, pseudonyms)?)),
-        Profile::Kernel => Ok((kernel::coe(&coe)?, kernel::cell(view, pseudonyms)?)),
-    }
-}
-
 fn obj<'a>(o: Obj<'a>, key: &str) -> Option<Obj<'a>> {
     match o.get(key) {
         Some(Member::Obj(inner)) => Some(inner),
@@ -1209,7 +1193,8 @@ mod tests {
             model.update(c, l.as_bytes());
         }
         let mut sealed = Model::new(Profile::Quixote);
-        crate::modelfile::load(&crate::modelfile::write(&model, false), &mut sealed).unwrap();
+        tsem_model::modelfile::load(&tsem_model::modelfile::write(&model, false), &mut sealed)
+            .unwrap();
         sealed
     }
 
@@ -1492,13 +1477,13 @@ mod tests {
         let learned = learned_lines();
         let mut model = learn(&learned, &["/root/.bash_history"]);
         // Written by a tool that drops pseudonym lines (Quixote's `-o`).
-        let text = crate::modelfile::write(&model, false)
+        let text = tsem_model::modelfile::write(&model, false)
             .lines()
             .filter(|l| !l.starts_with("pseudonym"))
             .map(|l| format!("{l}\n"))
             .collect::<String>();
         model = Model::new(Profile::Quixote);
-        crate::modelfile::load(&text, &mut model).unwrap();
+        tsem_model::modelfile::load(&text, &mut model).unwrap();
         // Without the learned events too: the check needs only the model.
         let report = run(&model, &[], &[history(NEW)]);
         let f = only_event(&report);
@@ -1517,12 +1502,12 @@ mod tests {
     fn a_pseudonym_added_after_learning_leaves_the_model_stale() {
         let learned = learned_lines();
         let learned_model = learn(&learned, &[]);
-        let text = crate::modelfile::write(&learned_model, false).replace(
+        let text = tsem_model::modelfile::write(&learned_model, false).replace(
             "seal\n",
             &format!("pseudonym {}\nseal\n", pseudonym_of(b"/root/.bash_history")),
         );
         let mut model = Model::new(Profile::Quixote);
-        crate::modelfile::load(&text, &mut model).unwrap();
+        tsem_model::modelfile::load(&text, &mut model).unwrap();
         let report = run(&model, &learned, &[history(NEW)]);
         let f = only_event(&report);
         assert_eq!(f.kind, Kind::ModelStale);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tsem_ingest::export::{ExportReader, Next};
 use tsem_ingest::{ExportKind, Parser, Record};
-use tsem_pipeline::sim::{self, pid_of, SimError, SimOptions, SimReport};
+use tsem_sim::{self as sim, pid_of, SimError, SimOptions, SimReport};
 
 /// How the fake TMA misbehaves.
 #[derive(Clone, Default)]

@@ -74,7 +74,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::source::{Fetch, RecordSource, TimedReader};
+use tsem_ingest::{Fetch, RecordSource, TimedReader};
 
 /// The longest control command the kernel takes, `\n` included [K-v3 fs.c].
 pub const MAX_CONTROL_COMMAND: usize = 127;

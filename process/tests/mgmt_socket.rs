@@ -11,9 +11,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use tsem_model::views::{render, View};
 use tsem_model::{Digest, Model, Profile};
-use tsem_pipeline::mgmt::wire::{self, Reply, Request, WireError, MAX_REQUEST, REQUEST_MAGIC};
-use tsem_pipeline::mgmt::{self, Client, Endpoint, MgmtError, Sizes};
 use tsem_pipeline::ModelSink;
+use tsem_process::mgmt::wire::{self, Reply, Request, WireError, MAX_REQUEST, REQUEST_MAGIC};
+use tsem_process::mgmt::{self, Client, Endpoint, MgmtError, Sizes};
 
 fn digest(i: u8) -> Digest {
     format!("{i:02x}").repeat(32).parse().unwrap()

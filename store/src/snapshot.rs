@@ -13,7 +13,8 @@ use super::{
     io_err, read_header, split_log, StoreError, StoreMeta, StoredPoint, FORENSICS_FILE,
     TRAJECTORY_FILE, WAL_FILE,
 };
-use crate::digest::Digest;
+use tsem_model::state::Point;
+use tsem_model::{Digest, Model};
 
 /// A read-only, consistent snapshot of the last committed batch.
 ///
@@ -277,4 +278,50 @@ fn attempt(dir: &Path) -> Result<StoreSnapshot, Attempt> {
             .map_err(Attempt::Inconsistent)?,
         batch: scan.records.last().map_or(header.applied_seq, |r| r.seq),
     })
+}
+
+/// Rebuilds a model from persisted parts: scalars, points in insertion order, pseudonyms.
+pub fn model_from_parts(meta: &StoreMeta, points: &[StoredPoint], pseudonyms: &[Digest]) -> Model {
+    let mut ordered: Vec<&StoredPoint> = points.iter().collect();
+    ordered.sort_by_key(|p| p.order);
+    let points = ordered
+        .into_iter()
+        .map(|p| Point {
+            coefficient: p.coefficient,
+            count: p.count,
+            valid: p.valid,
+        })
+        .collect();
+    let mut model = Model::restore(
+        meta.profile,
+        meta.base,
+        meta.aggregate,
+        meta.host_aggregate,
+        meta.measurement,
+        points,
+        meta.sealed,
+        meta.enforcing,
+        meta.events,
+        meta.violations,
+    );
+    for p in pseudonyms {
+        model.add_pseudonym(*p);
+    }
+    model
+}
+
+/// Rebuilds a model, descriptions included, from a store snapshot.
+pub fn model_from_snapshot(s: &StoreSnapshot) -> Model {
+    let mut model = model_from_parts(&s.meta, &s.points, &s.pseudonyms);
+    model.set_descriptions(
+        s.trajectory
+            .iter()
+            .map(|l| l.clone().into_boxed_slice())
+            .collect(),
+        s.forensics
+            .iter()
+            .map(|l| l.clone().into_boxed_slice())
+            .collect(),
+    );
+    model
 }

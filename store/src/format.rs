@@ -7,8 +7,8 @@
 //! [`StoreError::Corrupt`]: super::StoreError::Corrupt
 
 use super::{StoreMeta, StoredPoint};
-use crate::digest::Digest;
-use crate::profile::Profile;
+use tsem_model::Digest;
+use tsem_model::Profile;
 
 /// First bytes of the header file.
 pub(super) const HEADER_MAGIC: &[u8; 8] = b"TSEMSTOR";
