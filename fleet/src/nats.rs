@@ -398,7 +398,7 @@ impl NatsSource {
                                 .reported_error
                                 .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
                             {
-                                eprintln!("tsem-stream: {}: {e} (still trying)", self.name);
+                                tracing::warn!("{}: {e} (still trying)", self.name);
                                 self.reported_error = Some(Instant::now());
                             }
                             continue;

@@ -357,7 +357,7 @@ async fn drain(
         let (entries, end) = match reader.read_batch(batch, 4 << 20) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("tsem-stream: publish {url}: buffer {}: {e}", dir.display());
+                tracing::error!("publish {url}: buffer {}: {e}", dir.display());
                 report.last_error = Some(e.to_string());
                 break;
             }
@@ -393,14 +393,14 @@ async fn drain(
                     report.batches += 1;
                     backoff = Duration::from_millis(50);
                     if let Some(since) = down_since.take() {
-                        eprintln!(
-                            "tsem-stream: publish {url}: delivering again (after {:.1} s)",
+                        tracing::warn!(
+                            "publish {url}: delivering again (after {:.1} s)",
                             since.elapsed().as_secs_f64()
                         );
                     }
                     let bytes = SpoolReader::encoded_len(&entries);
                     if let Err(e) = reader.commit(end, entries.len() as u64, bytes) {
-                        eprintln!("tsem-stream: publish {url}: buffer {}: {e}", dir.display());
+                        tracing::error!("publish {url}: buffer {}: {e}", dir.display());
                         report.last_error = Some(e.to_string());
                         break 'batches;
                     }
@@ -410,8 +410,8 @@ async fn drain(
                     report.failures += 1;
                     if down_since.is_none() {
                         down_since = Some(Instant::now());
-                        eprintln!(
-                            "tsem-stream: publish {url}: {e}; records wait in {}",
+                        tracing::warn!(
+                            "publish {url}: {e}; records wait in {}",
                             dir.display()
                         );
                     }

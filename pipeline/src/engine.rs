@@ -16,7 +16,7 @@ use tsem_ingest::{
 use tsem_model::views::View;
 use tsem_model::{map_line, Coefficient, Mapped, Mapper, Observer};
 
-use crate::sink::ModelSink;
+use crate::sink::{ModelSink, SinkError};
 use crate::stats::{Stats, WorkerStats};
 use crate::verdict::VerdictWriter;
 
@@ -47,7 +47,7 @@ pub struct PipelineOptions {
     pub max_record_len: usize,
     /// Longest time between two store commits while events keep coming.
     pub commit_interval: Duration,
-    /// Print a stats line to stderr this often.
+    /// Hand a stats line to [`Outputs::progress`] this often.
     pub stats_interval: Option<Duration>,
 }
 
@@ -135,13 +135,13 @@ pub enum ModelRequest {
         /// Prefix coefficient lines with `state `.
         prefix: bool,
         /// Where the rendered bytes go.
-        reply: Sender<Result<Vec<u8>, String>>,
+        reply: Sender<Result<Vec<u8>, SinkError>>,
     },
     /// Seal the model: from now on new coefficients are forensics and
     /// verdicts come from the sealed set.
     Seal {
         /// Acknowledgement.
-        reply: Sender<Result<(), String>>,
+        reply: Sender<Result<(), SinkError>>,
     },
 }
 
@@ -154,7 +154,12 @@ pub struct Outputs {
     pub tap: Option<Box<dyn LineTap>>,
     /// Requests from the management socket.
     pub requests: Option<Receiver<ModelRequest>>,
+    /// Where the periodic stats line goes ([`PipelineOptions::stats_interval`]).
+    pub progress: Option<ProgressSink>,
 }
+
+/// Takes the periodic stats line (the binary prints it to stderr).
+pub type ProgressSink = Box<dyn FnMut(&str) + Send>;
 
 /// Why the pipeline stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +184,7 @@ pub enum PipelineError {
     },
     /// The model store failed.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] SinkError),
     /// The observer failed (e.g. stdout closed).
     #[error("output: {0}")]
     Output(io::Error),
@@ -410,6 +415,7 @@ struct Run {
     shared: Arc<Shared>,
     verdicts: Option<Arc<VerdictWriter>>,
     requests: Option<Receiver<ModelRequest>>,
+    progress: Option<ProgressSink>,
     done_rx: Receiver<Batch>,
     pool_tx: Sender<Batch>,
     tap_tx: Option<Sender<Batch>>,
@@ -436,6 +442,7 @@ impl Run {
             verdicts,
             tap,
             requests,
+            progress,
         } = outputs;
         let workers = match mapping {
             Mapping::Spread => options.workers.max(1),
@@ -461,6 +468,7 @@ impl Run {
             shared,
             verdicts,
             requests,
+            progress,
             done_rx,
             pool_tx,
             tap_tx: None,
@@ -573,6 +581,7 @@ impl Run {
             sink,
             &self.options,
             observer,
+            self.progress.as_mut(),
             &self.source_name,
             &mut stats,
             self.started,
@@ -886,6 +895,7 @@ fn sequence_stage(
     sink: &mut ModelSink,
     options: &PipelineOptions,
     observer: &mut dyn Observer,
+    mut progress: Option<&mut ProgressSink>,
     source_name: &str,
     stats: &mut Stats,
     started: Instant,
@@ -985,12 +995,9 @@ fn sequence_stage(
                 last_commit = Instant::now();
             }
         }
-        if let Some(every) = options.stats_interval {
+        if let (Some(every), Some(progress)) = (options.stats_interval, progress.as_mut()) {
             if last_stats.elapsed() >= every {
-                eprintln!(
-                    "{}",
-                    stats.progress_line(sink, started.elapsed(), done_rx.len())
-                );
+                progress(&stats.progress_line(sink, started.elapsed(), done_rx.len()));
                 last_stats = Instant::now();
             }
         }

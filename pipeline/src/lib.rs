@@ -10,8 +10,8 @@ pub mod verdict;
 
 pub use engine::{
     run, run_answering_here, ErrorPolicy, ModelRequest, Outputs, PipelineError, PipelineOptions,
-    VerdictPolicy,
+    ProgressSink, VerdictPolicy,
 };
-pub use sink::ModelSink;
+pub use sink::{ModelSink, SinkError};
 pub use stats::Stats;
 pub use verdict::{ControlProtocol, Task, VerdictWriter};

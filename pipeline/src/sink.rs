@@ -11,6 +11,17 @@ use tsem_store::{model_from_parts, ModelStore, StoreError, StoreMeta, StoredPoin
 use crate::engine::VerdictPolicy;
 use crate::stats::Stats;
 
+/// Why the model's store could not follow the model.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A view could not be rendered.
+    #[error("rendering the model: {0}")]
+    Render(#[from] std::io::Error),
+}
+
 /// The model a pipeline feeds, with its optional durable store.
 pub struct ModelSink {
     model: Model,
@@ -191,7 +202,7 @@ impl ModelSink {
     }
 
     /// Makes everything applied so far durable (no-op without a store).
-    pub fn commit(&mut self) -> Result<(), String> {
+    pub fn commit(&mut self) -> Result<(), SinkError> {
         let meta = self.meta();
         let Some(store) = &mut self.store else {
             return Ok(());
@@ -202,12 +213,13 @@ impl ModelSink {
         }
         self.touched.clear();
         store.set_meta(meta);
-        store.commit().map(|_| ()).map_err(|e| e.to_string())
+        store.commit()?;
+        Ok(())
     }
 
     /// Re-synchronises the store with the whole model after an offline change
     /// (sealing, accepting forensics, new pseudonyms) and commits.
-    pub fn sync_all(&mut self) -> Result<(), String> {
+    pub fn sync_all(&mut self) -> Result<(), SinkError> {
         if let Some(store) = &mut self.store {
             for (i, p) in self.model.points().iter().enumerate() {
                 store.upsert_point(stored(i, p));
@@ -220,7 +232,7 @@ impl ModelSink {
 
     /// Renders a view of the model; descriptions come from the store when one
     /// keeps them.
-    pub fn render(&self, view: View, prefix: bool) -> Result<Vec<u8>, String> {
+    pub fn render(&self, view: View, prefix: bool) -> Result<Vec<u8>, SinkError> {
         let mut out = Vec::new();
         let described = matches!(view, View::Trajectory | View::Forensics);
         match (&self.store, described) {
@@ -229,14 +241,13 @@ impl ModelSink {
                     store.trajectory()
                 } else {
                     store.forensics()
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
                 for l in lines {
                     out.extend_from_slice(&l);
                     out.push(b'\n');
                 }
             }
-            _ => render(&self.model, view, prefix, &mut out).map_err(|e| e.to_string())?,
+            _ => render(&self.model, view, prefix, &mut out)?,
         }
         Ok(out)
     }

@@ -75,7 +75,7 @@ fn a_slow_archive_slows_reading_but_every_sync_event_is_answered() {
         tap: Some(Box::new(SlowTap {
             records: Arc::clone(&records),
         })),
-        requests: None,
+        ..Outputs::default()
     };
     let options = PipelineOptions {
         workers: 2,

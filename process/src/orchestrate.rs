@@ -914,18 +914,26 @@ fn exec_workload(argv: &[CString], old_mask: &SigSet) -> ! {
     // SAFETY: setting a default disposition installs no handler.
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     if let Err(e) = drop_mac_admin() {
-        eprintln!("tsem-stream: cannot drop CAP_MAC_ADMIN: {e}");
+        child_error(&format!("tsem-stream: cannot drop CAP_MAC_ADMIN: {e}\n"));
         exit_child(126);
     }
     let err = match nix::unistd::execvp(&argv[0], argv) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    eprintln!(
-        "tsem-stream: cannot run {}: {err}",
+    child_error(&format!(
+        "tsem-stream: cannot run {}: {err}\n",
         argv[0].to_string_lossy()
-    );
+    ));
     exit_child(127)
+}
+
+/// Tells the user, on the workload's stderr, why it could not start (as a
+/// shell says "command not found"). A forked child that is about to exec
+/// must not log through `tracing`: the subscriber's locks may be held by a
+/// thread that does not exist in the child.
+fn child_error(text: &str) {
+    let _ = nix::unistd::write(std::io::stderr(), text.as_bytes());
 }
 
 /// Drops CAP_MAC_ADMIN so that the workload cannot write to `control`

@@ -376,7 +376,8 @@ impl Shared {
         if kind.logged() {
             st.logged += 1;
             if st.logged <= MAX_LOGGED {
-                eprintln!("tsem: Invalid process release request.");
+                // What the kernel logs (printk) for each refused release.
+                tracing::warn!("tsem: Invalid process release request.");
             }
         }
     }

@@ -251,6 +251,7 @@ pub fn replay_from_nats(
             verdicts: None,
             tap,
             requests: None,
+            progress: super::modeling::progress_to_stderr(),
         },
         None,
     )?;

@@ -178,6 +178,11 @@ impl ModelArgs {
     }
 }
 
+/// The pipeline's periodic stats line (`--stats-interval`), to stderr.
+pub fn progress_to_stderr() -> Option<tsem_pipeline::ProgressSink> {
+    Some(Box::new(|line| eprintln!("{line}")))
+}
+
 /// The `--summary json` object.
 pub fn summary(sink: &ModelSink, stats: Option<&Stats>) -> Value {
     let m = sink.model();

@@ -256,6 +256,7 @@ fn model_workload(
         verdicts: Some(writer),
         tap,
         requests: Some(req_rx.clone()),
+        progress: super::modeling::progress_to_stderr(),
     };
     let result = match generation {
         // Spec §7.1: only this thread, which forked the namespace's creator,

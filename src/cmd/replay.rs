@@ -94,6 +94,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         args.enforce,
         Outputs {
             tap,
+            progress: super::modeling::progress_to_stderr(),
             ..Outputs::default()
         },
         publishing

@@ -428,6 +428,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             verdicts,
             tap: super::fleet::combine_taps(taps),
             requests: None,
+            progress: super::modeling::progress_to_stderr(),
         },
         publishing
             .as_mut()

@@ -20,7 +20,7 @@ use tsem_model::views::View;
 
 use super::wire::{self, Reply, Request, Sizes, WireError};
 use super::MgmtError;
-use tsem_pipeline::ModelRequest;
+use tsem_pipeline::{ModelRequest, SinkError};
 
 /// Longest workload name.
 const MAX_NAME: usize = 64;
@@ -287,7 +287,7 @@ fn accept_loop(
             Ok(_) if fds[0].revents().is_none_or(|r| r.is_empty()) => continue,
             Ok(_) => {}
             Err(e) => {
-                eprintln!("tsem-stream: management socket {}: {e}", path.display());
+                tracing::warn!("management socket {}: {e}", path.display());
                 std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS.into()));
                 continue;
             }
@@ -299,7 +299,7 @@ fn accept_loop(
             }
             Err(e) => {
                 // EMFILE and the like: report, back off, go on serving.
-                eprintln!("tsem-stream: management socket {}: {e}", path.display());
+                tracing::warn!("management socket {}: {e}", path.display());
                 std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS.into()));
                 continue;
             }
@@ -322,8 +322,8 @@ fn admit(
     match getsockopt(&stream, sockopt::PeerCredentials) {
         Ok(cred) if allowed(cred.uid(), uid) => {}
         Ok(cred) => {
-            eprintln!(
-                "tsem-stream: management socket {}: refused a connection from uid {} (pid {})",
+            tracing::warn!(
+                "management socket {}: refused a connection from uid {} (pid {})",
                 path.display(),
                 cred.uid(),
                 cred.pid()
@@ -332,8 +332,8 @@ fn admit(
             return;
         }
         Err(e) => {
-            eprintln!(
-                "tsem-stream: management socket {}: refused a connection whose credentials \
+            tracing::warn!(
+                "management socket {}: refused a connection whose credentials \
                  cannot be read: {e}",
                 path.display()
             );
@@ -357,7 +357,7 @@ fn admit(
             serve_connection(stream, &requests);
         });
     if let Err(e) = spawned {
-        eprintln!("tsem-stream: management socket {}: {e}", path.display());
+        tracing::warn!("management socket {}: {e}", path.display());
     }
 }
 
@@ -419,9 +419,10 @@ pub(crate) fn handle(request: Request, requests: &Sender<ModelRequest>) -> Reply
 
 const GONE: &str = "the workload's model is no longer available";
 
-fn wait_reply<T>(rx: crossbeam_channel::Receiver<Result<T, String>>) -> Result<T, String> {
+/// The model's answer, as the text a client is sent on failure.
+fn wait_reply<T>(rx: crossbeam_channel::Receiver<Result<T, SinkError>>) -> Result<T, String> {
     match rx.recv_timeout(REPLY_TIMEOUT) {
-        Ok(r) => r,
+        Ok(r) => r.map_err(|e| e.to_string()),
         Err(RecvTimeoutError::Timeout) => Err("the model did not answer in time".into()),
         Err(RecvTimeoutError::Disconnected) => Err(GONE.into()),
     }
