@@ -1162,3 +1162,86 @@ fn each_consumer_drains_exactly_the_host_backlog_it_was_left() {
     );
     eprintln!("{report}");
 }
+
+/// Early start with the shipped scripts (`tests/kernel/early-start.sh`,
+/// booted with `tsem_early=1`): `/init` runs
+/// `contrib/initramfs-tools/scripts/init-top/tsem-stream` before anything
+/// else, and the instance it starts captures the whole host from event 1
+/// with no gap until the shipped init-bottom script stops it cleanly
+/// (SIGTERM: summary, learned model, archive sealed and verified). A second
+/// instance, as `tsem-stream-host.service` runs it, continues at the next
+/// event (nothing lost in the hand-over) with the learned model sealed: the
+/// new actions are reported as forensics and no verdict is written for the
+/// root namespace.
+#[test]
+fn the_shipped_early_start_captures_the_host_from_event_1_and_hands_over_without_loss() {
+    let Some(kernel) = kernel() else { return };
+    let boot = kernel.boot_root_export_early("early-start", &Disk::new());
+    let ctx = boot.context();
+    assert_eq!(boot.result("early_running"), "yes", "{ctx}");
+    assert_eq!(boot.result("early_stopped"), "yes", "{ctx}");
+    assert!(
+        boot.out_text("early/log")
+            .contains("SIGTERM: finishing the run"),
+        "{}",
+        boot.out_text("early/log")
+    );
+    let early = summary(&boot, "early/summary.json");
+    let records = counter(&early, "stats.records");
+    for zero in ["stats.lost_events", "errors", "forensics"] {
+        assert_eq!(counter(&early, zero), 0, "{zero}: {early}");
+    }
+    let numbers = archived_numbers(kernel, &boot.out_path("early/archive"));
+    assert_eq!(numbers.len() as u64, records, "archived records");
+    let (first, last) = contiguous_range(&numbers, "early");
+    assert_eq!(first, 1, "the capture starts at the kernel's first event");
+    let verify = kernel.tsem_stream_ok(&[
+        OsStr::new("archive"),
+        OsStr::new("verify"),
+        boot.out_path("early/archive").as_os_str(),
+    ]);
+    assert!(
+        verify.starts_with(&format!("ok: 1 segments, {records} records")),
+        "{verify}"
+    );
+    let model = boot.out_text("early/host.model");
+    assert!(
+        !model_points(&model).is_empty() && model.contains("\nseal\n"),
+        "{model}"
+    );
+
+    assert_eq!(boot.result("service_rc"), "0", "{ctx}");
+    assert!(
+        boot.out_text("service.err")
+            .contains("SIGTERM: finishing the run"),
+        "{ctx}"
+    );
+    let service = summary(&boot, "service.summary.json");
+    assert_eq!(service["sealed"], true, "{service}");
+    assert!(
+        counter(&service, "forensics") > 0,
+        "new actions are host deviations: {service}"
+    );
+    for zero in [
+        "stats.lost_events",
+        "errors",
+        "stats.verdicts.trusted",
+        "stats.verdicts.untrusted",
+        "stats.verdicts.write_errors",
+    ] {
+        assert_eq!(counter(&service, zero), 0, "{zero}: {service}");
+    }
+    let next = archived_numbers(kernel, &boot.out_path("service.archive"));
+    assert_eq!(next.len() as u64, counter(&service, "stats.records"));
+    let (service_first, _) = contiguous_range(&next, "service");
+    assert_eq!(
+        service_first,
+        last + 1,
+        "the service continues at the next event"
+    );
+    eprintln!(
+        "early start: events 1..={last} from /init, then {} by the service ({} forensics)",
+        next.len(),
+        service["forensics"]
+    );
+}

@@ -356,20 +356,26 @@ pub struct Boot {
     pub out: PathBuf,
 }
 
-/// The kernel's `tsem_mode=` for a boot.
+/// The kernel's `tsem_mode=` for a boot (and whether `/init` starts
+/// tsem-stream first).
 #[derive(Clone, Copy)]
 enum TsemMode {
     /// The root namespace is not modeled; namespaces made through `control` are.
     NoRootModeling,
     /// Every event of the host is exported to `external_tma/0`.
     RootExportOnly,
+    /// As `RootExportOnly`, and `/init` starts tsem-stream on it first
+    /// thing, through the shipped init-top script (`tsem_early=1`).
+    RootExportEarly,
 }
 
 impl TsemMode {
-    fn word(self) -> &'static str {
+    /// The kernel command line's words for the mode.
+    fn words(self) -> &'static str {
         match self {
-            TsemMode::NoRootModeling => "no_root_modeling",
-            TsemMode::RootExportOnly => "root_export_only",
+            TsemMode::NoRootModeling => "tsem_mode=no_root_modeling",
+            TsemMode::RootExportOnly => "tsem_mode=root_export_only",
+            TsemMode::RootExportEarly => "tsem_mode=root_export_only tsem_early=1",
         }
     }
 }
@@ -386,6 +392,13 @@ impl Kernel {
     /// whole host (`tsem_mode=root_export_only`) to `external_tma/0`.
     pub fn boot_root_export(&self, scenario: &str, disk: &Disk) -> Boot {
         self.boot_with(scenario, disk, TsemMode::RootExportOnly)
+    }
+
+    /// Like [`Kernel::boot_root_export`], with tsem-stream started by
+    /// `/init` before anything else, through the shipped
+    /// `contrib/initramfs-tools/scripts/init-top/tsem-stream`.
+    pub fn boot_root_export_early(&self, scenario: &str, disk: &Disk) -> Boot {
+        self.boot_with(scenario, disk, TsemMode::RootExportEarly)
     }
 
     fn boot_with(&self, scenario: &str, disk: &Disk, mode: TsemMode) -> Boot {
@@ -431,8 +444,8 @@ impl Kernel {
             .arg(format!("file={},format=raw,if=virtio", out_image.display()))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 lsm=tsem tsem_mode={} panic=-1 quiet scenario={scenario}",
-                mode.word()
+                "console=ttyS0 lsm=tsem {} panic=-1 quiet scenario={scenario}",
+                mode.words()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
