@@ -13,10 +13,10 @@ mkdir -p /root/work
 # events faster than forks do), TCP connects (refused: nothing listens).
 echo data >/root/work/data
 busy() {
-  for i in $(seq 50); do /bin/true; done
-  for i in $(seq 25); do echo "line $i" >/root/work/f$i; /bin/cat /root/work/f$i >/dev/null; rm /root/work/f$i; done
-  for i in $(seq 750); do : </root/work/data; done
-  for i in $(seq 150); do : 2>/dev/null 3<>/dev/tcp/127.0.0.1/9; done
+  for i in $(seq 100); do /bin/true; done
+  for i in $(seq 50); do echo "line $i" >/root/work/f$i; /bin/cat /root/work/f$i >/dev/null; rm /root/work/f$i; done
+  for i in $(seq 1500); do : </root/work/data; done
+  for i in $(seq 300); do : 2>/dev/null 3<>/dev/tcp/127.0.0.1/9; done
 }
 consume() { # NAME OUTPUT_PREFIX: one consumer, timed by drain-watch
   case $1 in
