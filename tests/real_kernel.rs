@@ -8,7 +8,8 @@
 //! The tests skip with a message when QEMU (or busybox-static, cpio,
 //! mke2fs) is missing, and fail in CI (`CI` set). `TSEM_STREAM_BIN` runs
 //! them against another build of the binary, `TSEM_KERNEL_DIR` against
-//! another kernel folder. A boot's console and files stay in
+//! another kernel folder, `TSEM_DRAIN_ROUNDS` sets the rounds of the drain
+//! rates (default 3). A boot's console and files stay in
 //! `target/real-kernel/SCENARIO/`.
 
 mod kernel_harness;
@@ -1025,7 +1026,8 @@ fn each_consumer_drains_exactly_the_host_backlog_it_was_left() {
     let rounds: usize = std::env::var("TSEM_DRAIN_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(3)
+        .max(1);
     let boot = kernel.boot_root_export(
         "drain-rate",
         &Disk::new().file("rounds", format!("{rounds}\n")),
