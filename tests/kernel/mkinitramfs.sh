@@ -9,6 +9,9 @@
 # information, tens of MiB the guest would unpack at every boot), every scenario script of SCENARIO_DIR
 # (*.sh except this file) under /scenarios/, and an /init that
 #   1. mounts proc, sysfs, securityfs, devtmpfs and /tmp,
+#      and, with `tsem_early=1` on the kernel command line, runs the shipped contrib/initramfs-tools init-top
+#      script (installed with its init-bottom twin under /scripts/, as initramfs-tools does, with
+#      contrib/host.env as /etc/tsem-stream/host.env plus a model to learn),
 #   2. mounts /dev/vda (ext4: files there hash their content; the initramfs is a pseudo filesystem for TSEM
 #      and all its files hash as the empty file) on /root when present,
 #   3. runs /scenarios/NAME.sh for the `scenario=NAME` of the kernel command line, between
@@ -48,6 +51,14 @@ for x in ${DATA:-}; do install -D -m 0644 "${x%%:*}" "$root${x#*:}"; done
 for s in "$scenarios"/*.sh; do
   [ "$(basename "$s")" = mkinitramfs.sh ] || install -m 0755 "$s" "$root/scenarios/$(basename "$s")"
 done
+# The shipped early-start scripts (contrib/initramfs-tools), where initramfs-tools puts them, and the shipped
+# configuration with a model to learn (tests/real_kernel.rs, early-start).
+contrib=$(cd "$scenarios/../../contrib" && pwd)
+for stage in init-top init-bottom; do
+  install -D -m 0755 "$contrib/initramfs-tools/scripts/$stage/tsem-stream" "$root/scripts/$stage/tsem-stream"
+done
+install -D -m 0644 "$contrib/host.env" "$root/etc/tsem-stream/host.env"
+echo 'TSEM_STREAM_ARGS="-o /run/tsem-stream/early/host.model"' >>"$root/etc/tsem-stream/host.env"
 printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 echo tsem >"$root/etc/hostname"
@@ -61,6 +72,9 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mkdir -p /tmp/out
+# With tsem_early=1: the whole host's export from here on, by the shipped init-top script, run as
+# initramfs-tools runs it (after /proc, /sys and /dev are mounted).
+case " $(cat /proc/cmdline) " in *" tsem_early=1 "*) /scripts/init-top/tsem-stream ;; esac
 [ -b /dev/vda ] && mount /dev/vda /root
 hostname tsem
 scenario=

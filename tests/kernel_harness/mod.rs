@@ -19,8 +19,9 @@
 //! `cpio`, `mke2fs` and `tar`. Without one of them the tests print
 //! `skipped: …` and pass, except under CI (`CI` set), where a missing QEMU is
 //! a failure. A C compiler is optional: it builds the reference TMA
-//! (`mini-tma.c`) and `internal-launch.c`; comparisons that need them are
-//! skipped with a message without one.
+//! (`mini-tma.c`), `internal-launch.c`, `export-reader.c` and
+//! `drain-watch.c`; comparisons that need them are skipped with a message
+//! without one.
 //!
 //! Overrides: `TSEM_KERNEL_DIR` (the folder with `bzImage` and `mini-tma.c`),
 //! `TSEM_STREAM_BIN` (the binary put into the guest and run for host-side
@@ -68,6 +69,12 @@ pub struct Kernel {
     /// `internal-launch`, when a C compiler built it (in the guest as
     /// `/usr/local/bin/internal-launch`).
     pub internal_launch: Option<PathBuf>,
+    /// The C baseline consumer of the export file (`export-reader.c`), when
+    /// a C compiler built it (in the guest as `/usr/local/bin/export-reader`).
+    pub export_reader: Option<PathBuf>,
+    /// The timer of drains (`drain-watch.c`), when a C compiler built it (in
+    /// the guest as `/usr/local/bin/drain-watch`).
+    pub drain_watch: Option<PathBuf>,
     /// Why the C helpers are missing, for skip messages.
     pub no_c_helpers: Option<String>,
     /// `target/real-kernel`: build products and transcripts.
@@ -218,13 +225,21 @@ fn prepare() -> Result<Kernel, Missing> {
     };
     let mini_tma = build_c(&dir.join("mini-tma.c"), "mini-tma");
     let internal_launch = build_c(&scenario_dir().join("internal-launch.c"), "internal-launch");
+    let export_reader = build_c(&scenario_dir().join("export-reader.c"), "export-reader");
+    let drain_watch = build_c(&scenario_dir().join("drain-watch.c"), "drain-watch");
 
     let mut extra = Vec::new();
     if let Some(p) = &mini_tma {
         extra.push(format!("{}:/usr/local/bin/mini-tma", p.display()));
     }
-    if let Some(p) = &internal_launch {
-        extra.push(format!("{}:/usr/local/bin/internal-launch", p.display()));
+    for (program, name) in [
+        (&internal_launch, "internal-launch"),
+        (&export_reader, "export-reader"),
+        (&drain_watch, "drain-watch"),
+    ] {
+        if let Some(p) = program {
+            extra.push(format!("{}:/usr/local/bin/{name}", p.display()));
+        }
     }
     let initramfs = work.join("initramfs.cpio.gz");
     replace_atomically(&initramfs, |tmp| {
@@ -245,6 +260,8 @@ fn prepare() -> Result<Kernel, Missing> {
         tsem_stream,
         mini_tma,
         internal_launch,
+        export_reader,
+        drain_watch,
         no_c_helpers,
         work,
     })
@@ -339,20 +356,26 @@ pub struct Boot {
     pub out: PathBuf,
 }
 
-/// The kernel's `tsem_mode=` for a boot.
+/// The kernel's `tsem_mode=` for a boot (and whether `/init` starts
+/// tsem-stream first).
 #[derive(Clone, Copy)]
 enum TsemMode {
     /// The root namespace is not modeled; namespaces made through `control` are.
     NoRootModeling,
     /// Every event of the host is exported to `external_tma/0`.
     RootExportOnly,
+    /// As `RootExportOnly`, and `/init` starts tsem-stream on it first
+    /// thing, through the shipped init-top script (`tsem_early=1`).
+    RootExportEarly,
 }
 
 impl TsemMode {
-    fn word(self) -> &'static str {
+    /// The kernel command line's words for the mode.
+    fn words(self) -> &'static str {
         match self {
-            TsemMode::NoRootModeling => "no_root_modeling",
-            TsemMode::RootExportOnly => "root_export_only",
+            TsemMode::NoRootModeling => "tsem_mode=no_root_modeling",
+            TsemMode::RootExportOnly => "tsem_mode=root_export_only",
+            TsemMode::RootExportEarly => "tsem_mode=root_export_only tsem_early=1",
         }
     }
 }
@@ -369,6 +392,13 @@ impl Kernel {
     /// whole host (`tsem_mode=root_export_only`) to `external_tma/0`.
     pub fn boot_root_export(&self, scenario: &str, disk: &Disk) -> Boot {
         self.boot_with(scenario, disk, TsemMode::RootExportOnly)
+    }
+
+    /// Like [`Kernel::boot_root_export`], with tsem-stream started by
+    /// `/init` before anything else, through the shipped
+    /// `contrib/initramfs-tools/scripts/init-top/tsem-stream`.
+    pub fn boot_root_export_early(&self, scenario: &str, disk: &Disk) -> Boot {
+        self.boot_with(scenario, disk, TsemMode::RootExportEarly)
     }
 
     fn boot_with(&self, scenario: &str, disk: &Disk, mode: TsemMode) -> Boot {
@@ -414,8 +444,8 @@ impl Kernel {
             .arg(format!("file={},format=raw,if=virtio", out_image.display()))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 lsm=tsem tsem_mode={} panic=-1 quiet scenario={scenario}",
-                mode.word()
+                "console=ttyS0 lsm=tsem {} panic=-1 quiet scenario={scenario}",
+                mode.words()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
