@@ -410,10 +410,7 @@ async fn drain(
                     report.failures += 1;
                     if down_since.is_none() {
                         down_since = Some(Instant::now());
-                        tracing::warn!(
-                            "publish {url}: {e}; records wait in {}",
-                            dir.display()
-                        );
+                        tracing::warn!("publish {url}: {e}; records wait in {}", dir.display());
                     }
                     report.last_error = Some(e);
                     let pause = match control.left() {
