@@ -3,6 +3,7 @@
 //! This binary only parses arguments and wires the library crates together.
 
 mod cmd;
+mod input;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

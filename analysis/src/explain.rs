@@ -1027,7 +1027,7 @@ fn field(fields: &[(String, String)], name: &str) -> Option<String> {
 
 /// Fields whose values differ between two flattened objects, `keep` deciding
 /// which fields can matter.
-fn field_differences(
+pub(crate) fn field_differences(
     learned: &[(String, String)],
     now: &[(String, String)],
     keep: impl Fn(&str) -> bool,

@@ -67,10 +67,10 @@
 #![warn(missing_docs)]
 
 pub mod durable;
-pub mod export;
 pub mod filter;
 pub mod header;
 pub mod index;
+pub mod parquet_file;
 pub mod reader;
 pub mod source;
 pub mod writer;
@@ -79,10 +79,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use durable::DurableWriter;
-pub use export::{export_parquet, ExportStats};
 pub use filter::Filter;
 pub use header::{record_info, RecordInfo};
 pub use index::IndexEntry;
+pub use parquet_file::{export_parquet, ExportStats};
 pub use reader::{Archive, Problem, VerifyReport};
 pub use source::{ArchiveSource, ArchiveTap};
 pub use writer::{ArchiveWriter, OpenReport, WriterOptions};

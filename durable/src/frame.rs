@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(decode(&out, 0), Decoded::Frame { len: 13 });
         assert_eq!(&out[HEADER..13], b"first");
         assert_eq!(decode(&out[13..], 0), Decoded::Frame { len: 14 });
-        assert_eq!(decode(&out[13..20], 0), Decoded::Short(14));
+        assert_eq!(decode(&out[13..22], 0), Decoded::Short(14));
         out[10] ^= 1;
         assert_eq!(decode(&out, 0), Decoded::Damaged);
         assert_eq!(decode(&out[13..], 7), Decoded::Damaged);

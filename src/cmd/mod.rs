@@ -21,7 +21,7 @@ pub mod sim;
 use std::path::Path;
 
 use anyhow::Context;
-use tsem_ingest::{open_path, RecordSource, DEFAULT_MAX_RECORD_LEN};
+use tsem_ingest::{RecordSource, DEFAULT_MAX_RECORD_LEN};
 use tsem_model::Pseudonyms;
 
 /// The name of an input in messages: the path, or `<stdin>` for `-`.
@@ -35,8 +35,7 @@ pub fn display_name(path: &Path) -> String {
 
 /// Opens an input file (or `-` for stdin) for line reading.
 pub fn open_lines(path: &Path) -> anyhow::Result<Box<dyn RecordSource>> {
-    open_path(path, DEFAULT_MAX_RECORD_LEN)
-        .with_context(|| format!("cannot open {}", display_name(path)))
+    crate::input::Input::records_or_bundled(Some(path)).records(crate::input::OpenSegment::Included)
 }
 
 /// Loads a pseudonym list (or the pseudonym lines of a model file).

@@ -12,22 +12,22 @@
 //! the new pseudonyms and added as valid points (what `quixote-console -M -u`
 //! offers, but recomputed rather than copied).
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use tsem_archive::{Archive, ArchiveSource};
-use tsem_ingest::{open_path, MemorySource};
+use tsem_ingest::MemorySource;
 use tsem_ingest::{Fetch, RecordSource};
 use tsem_ingest::{Parser, Record, DEFAULT_MAX_RECORD_LEN};
 use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model, Profile};
 use tsem_pipeline::ModelSink;
-use tsem_store::{ModelStore, StoreSnapshot};
+use tsem_store::StoreSnapshot;
 
 use super::modeling::{read_model_file, summary, write_file_atomically};
 use super::run::SummaryFormat;
+use crate::input::{Input, OpenSegment};
 use crate::ProfileArg;
 
 /// Options of `model`.
@@ -98,57 +98,13 @@ pub enum Descriptions {
 /// directory, or an events file (`-`: standard input). A model file is
 /// refused with a hint, since it holds coefficients, not descriptions.
 pub fn open_descriptions(path: &Path) -> anyhow::Result<Descriptions> {
-    if path.is_dir() {
-        if ModelStore::exists(path) {
+    match Input::detect(path)? {
+        Input::Store(path) => {
             let snapshot =
-                StoreSnapshot::open(path).with_context(|| format!("store {}", path.display()))?;
-            return Ok(Descriptions::Store(Box::new(snapshot)));
+                StoreSnapshot::open(&path).with_context(|| format!("store {}", path.display()))?;
+            Ok(Descriptions::Store(Box::new(snapshot)))
         }
-        if Archive::is_archive(path) {
-            let source = ArchiveSource::open(path, DEFAULT_MAX_RECORD_LEN)
-                .with_context(|| format!("archive {}", path.display()))?;
-            return Ok(Descriptions::Records(Box::new(source)));
-        }
-        bail!("{}: neither a model store nor an archive", path.display());
-    }
-    if path.as_os_str() != "-" && looks_like_model_file(path)? {
-        bail!(
-            "{}: this is a model file: it holds coefficients, not event descriptions; \
-             give the events file, archive or store it was learned from",
-            path.display()
-        );
-    }
-    let source = open_path(path, DEFAULT_MAX_RECORD_LEN)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Descriptions::Records(source))
-}
-
-/// True when the first line that is not blank or a comment of a regular file
-/// does not start with `{` (model directives never do, records always do).
-fn looks_like_model_file(path: &Path) -> anyhow::Result<bool> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if !file.metadata()?.is_file() {
-        return Ok(false);
-    }
-    let mut reader = io::BufReader::new(file);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        // A model's lines are short; a record's first bytes are enough to tell.
-        let n = reader
-            .by_ref()
-            .take(4096)
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok(false);
-        }
-        let text = line.trim_ascii();
-        if text.is_empty() || text.starts_with(b"#") {
-            continue;
-        }
-        return Ok(!text.starts_with(b"{"));
+        input => Ok(Descriptions::Records(input.records(OpenSegment::Included)?)),
     }
 }
 
@@ -377,20 +333,6 @@ pub fn run(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_files_are_told_apart_from_event_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m");
-        std::fs::write(&model, "# profile quixote\naggregate 00\nseal\nend\n").unwrap();
-        assert!(looks_like_model_file(&model).unwrap());
-        let events = dir.path().join("e");
-        std::fs::write(&events, "\n# comment\n{\"event\": {}}\n").unwrap();
-        assert!(!looks_like_model_file(&events).unwrap());
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "").unwrap();
-        assert!(!looks_like_model_file(&empty).unwrap());
-    }
 
     #[test]
     fn feeding_applies_aggregates_and_stops_at_a_bad_line() {

@@ -2,18 +2,16 @@
 //! exactly as its records came from the kernel, into the same models,
 //! measurements and states as the original run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
-use tsem_archive::{Archive, ArchiveSource};
 use tsem_ingest::RecordSource;
-use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
 use tsem_pipeline::Outputs;
 
 use super::modeling::{ModelArgs, RunTuning};
-use super::run::{execute, open_input, SummaryFormat};
+use super::run::{execute, SummaryFormat};
+use crate::input::{Input, OpenSegment};
 
 /// Options of `replay`.
 #[derive(Args, Clone, Debug)]
@@ -47,23 +45,10 @@ pub struct ReplayArgs {
     pub nats: super::fleet::NatsSourceArgs,
 }
 
-/// The records of `input`: an archive's, in sequence order (line numbers are
-/// sequence numbers), or an event file's.
-pub fn source_of(input: &PathBuf, sealed_only: bool) -> anyhow::Result<Box<dyn RecordSource>> {
-    if input.is_dir() {
-        let archive =
-            Archive::open(input).with_context(|| format!("archive {}", input.display()))?;
-        if let (Some(name), false) = (archive.open_segment(), sealed_only) {
-            eprintln!(
-                "tsem-stream: {}: replaying the open segment {name} too (records not yet sealed into the chain)",
-                input.display()
-            );
-        }
-        return Ok(Box::new(
-            ArchiveSource::new(archive, DEFAULT_MAX_RECORD_LEN).sealed_only(sealed_only),
-        ));
-    }
-    open_input(Some(input))
+/// The records of an archive or an events file (a model file or a store
+/// is refused with what it is).
+pub fn source_of(input: &Path, open_segment: OpenSegment) -> anyhow::Result<Box<dyn RecordSource>> {
+    Input::detect(input)?.records(open_segment)
 }
 
 /// Runs the command.
@@ -81,7 +66,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             args.summary,
         );
     }
-    let source = source_of(&args.input, args.sealed_only)?;
+    let open_segment = if args.sealed_only {
+        OpenSegment::Excluded
+    } else {
+        OpenSegment::Included
+    };
+    let source = source_of(&args.input, open_segment)?;
     let mut publishing = super::fleet::start_publishing(&args.publish, None, None)?;
     let tap = publishing
         .as_ref()

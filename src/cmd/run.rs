@@ -9,16 +9,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tsem_ingest::RecordSource;
-use tsem_ingest::DEFAULT_MAX_RECORD_LEN;
-use tsem_ingest::{open_path, MemorySource};
 use tsem_model::{modelfile, Outcome};
 use tsem_model::{Mapped, Observer};
 use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineError, VerdictWriter};
 
 use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
-
-/// The bundled example: 109 raw export records of a real TSEM kernel.
-const BUNDLED_EXAMPLE: &[u8] = include_bytes!("../../examples/real-kernel-export.jsonl");
+use crate::input::{Input, OpenSegment};
 
 /// Output format of the run summary.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -231,17 +227,9 @@ pub fn execute(
     }
 }
 
-/// Opens the input of a command: a path, `-`, or the bundled example.
+/// The records of `--input` (`-`: stdin), or of the bundled example.
 pub fn open_input(input: Option<&PathBuf>) -> anyhow::Result<Box<dyn RecordSource>> {
-    match input {
-        Some(path) => open_path(path, DEFAULT_MAX_RECORD_LEN)
-            .with_context(|| format!("cannot open {}", path.display())),
-        None => Ok(Box::new(MemorySource::new(
-            BUNDLED_EXAMPLE.to_vec(),
-            DEFAULT_MAX_RECORD_LEN,
-            "<bundled example: examples/real-kernel-export.jsonl>",
-        ))),
-    }
+    Input::records_or_bundled(input.map(PathBuf::as_path)).records(OpenSegment::Included)
 }
 
 /// Writes the requested outputs and picks the exit status.
