@@ -69,17 +69,7 @@ enum Command {
     /// Show a view of a store, a model file or modeled events.
     Show(cmd::show::ShowArgs),
     /// Sign a model (-k KEY -m MODEL), or generate a key (-G -k KEY).
-    Sign {
-        /// Generate a 2048-bit RSA key into KEY.
-        #[arg(short = 'G')]
-        generate: bool,
-        /// Private key file (PEM).
-        #[arg(short = 'k', value_name = "KEY")]
-        key: PathBuf,
-        /// Model to sign.
-        #[arg(short = 'm', value_name = "MODEL")]
-        model: Option<PathBuf>,
-    },
+    Sign(cmd::sign::SignArgs),
     /// Simulate a TSEM kernel: serve events as export records, collect verdicts.
     Sim(cmd::sim::SimArgs),
     /// Compressed, indexed, tamper-evident archives of records.
@@ -131,7 +121,7 @@ enum Command {
         #[arg(default_value = "-")]
         input: PathBuf,
     },
-    /// Print `pseudonym HEX` for pathnames (spec §5.8).
+    /// Print `pseudonym HEX` for pathnames (mapping.md M11).
     Pseudonym {
         /// Read pathnames from FILE, one per line.
         #[arg(short = 'f', value_name = "FILE", conflicts_with = "events")]
@@ -161,11 +151,7 @@ fn main() -> ExitCode {
         Some(Command::Learn(args)) => cmd::run::learn(&args),
         Some(Command::Enforce(args)) => cmd::run::enforce(&args),
         Some(Command::Show(args)) => cmd::show::show(&args),
-        Some(Command::Sign {
-            generate,
-            key,
-            model,
-        }) => cmd::sign::run(generate, &key, model.as_deref()),
+        Some(Command::Sign(args)) => cmd::sign::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
         Some(Command::Archive(args)) => cmd::archive::run(&args),
         Some(Command::Replay(args)) => cmd::replay::run(&args),

@@ -470,3 +470,88 @@ fn learn_refuses_to_write_over_its_own_input() {
     assert!(!out.status.success());
     assert_eq!(std::fs::read(&events).unwrap(), before);
 }
+
+#[test]
+fn learning_from_no_event_writes_nothing_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let model = dir.path().join("model");
+    let out = run(&[
+        "learn",
+        "-o",
+        &path(dir.path(), "model"),
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-empty"));
+    assert!(!model.exists());
+    ok(&[
+        "learn",
+        "--allow-empty",
+        "-o",
+        model.to_str().unwrap(),
+        empty.to_str().unwrap(),
+    ]);
+    assert!(model.exists());
+}
+
+#[test]
+fn generating_a_key_never_replaces_one_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "a key someone keeps\n").unwrap();
+    let out = run(&["sign", "-G", "-k", key.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        "a key someone keeps\n"
+    );
+    ok(&[
+        "sign",
+        "--generate",
+        "--force",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&key)
+        .unwrap()
+        .contains("PRIVATE KEY"));
+}
+
+#[test]
+fn a_model_written_to_a_device_goes_into_it_and_leaves_the_device_alone() {
+    let events = conformance("document-events.jsonl");
+    ok(&["learn", "-o", "/dev/null", events.to_str().unwrap()]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let out = ok(&["learn", "-o", "-", events.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\nstate "));
+}
+
+#[test]
+fn a_group_writable_model_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let events = conformance("document-events.jsonl");
+    ok(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = run(&[
+        "enforce",
+        "-m",
+        model.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("group-writable"));
+}

@@ -369,7 +369,7 @@ fn an_asynchronous_violation_under_enforcement_ends_the_workload() {
     assert!(out.status.success());
     let changed = changed_events(work.path());
     // Every event asynchronous (atomic context): the first violation ends
-    // the workload (spec §7), which would otherwise wait for its stop file.
+    // the workload (kernel-interface.md K5), which would otherwise wait for its stop file.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tsem");
     let sim = bin()

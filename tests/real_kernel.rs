@@ -441,7 +441,7 @@ fn joined(lines: &[&str]) -> String {
 ///   that forwards the export file and the workload's task between fork and
 ///   exec (`process` `tsem-stream`). They are left out on both sides.
 /// * TASK_IDs. A TASK_ID hashes its parent's and the executable's file
-///   description including its *content* digest (spec §5.2; `tsem_map_task`
+///   description including its *content* digest (mapping.md M9; `tsem_map_task`
 ///   hashes the real content even on the initramfs, whose files otherwise
 ///   hash as empty), so every task of the workload has another TASK_ID when
 ///   it descends from tsem-stream instead of internal-launch, and with it

@@ -1,6 +1,6 @@
 //! `tsem-stream sim --kernel v4`: the simulator on a FUSE tree that knows
-//! which thread calls, and refuses what the v4 kernel refuses (TSEM-SPEC
-//! §7.1): `run -P` passes it, and each wrong process structure fails the way
+//! which thread calls, and refuses what the v4 kernel refuses
+//! (docs/kernel-interface.md K6): `run -P` passes it, and each wrong process structure fails the way
 //! it fails on the kernel.
 //!
 //! The tests need FUSE (`/dev/fuse`, root for the mount): without it they

@@ -1,4 +1,4 @@
-//! Explanations of forensics (spec §5.7, §5.8): for each event a sealed model
+//! Explanations of forensics (mapping.md M10.5, M11): for each event a sealed model
 //! refused, the closest learned events, what differs between them and what to
 //! do about it; and what is wrong with the model itself (pseudonyms it lacks,
 //! pseudonyms added after learning, points that do not cover the learned run).
@@ -9,7 +9,7 @@
 //!
 //! How events are compared: a coefficient is a hash of the event type, the
 //! TASK_ID (and, under Profile K, the parent's), the COE digest and the CELL
-//! digest (spec §5.1). Each of these parts is computed separately for both
+//! digest (mapping.md M8). Each of these parts is computed separately for both
 //! events, so a difference is only reported where it changes the coefficient:
 //! fields a profile does not hash (`ts`, `pid`, `fsgid` and path devices under
 //! Profile Q, every parameter of a generic event under Profile Q) never show up.
@@ -265,7 +265,7 @@ struct Facts {
     pid: Option<String>,
     /// The pathname or socket address (empty when the event has none).
     target: String,
-    /// `file.path.pathname`: what a pseudonym is matched against (spec §5.8).
+    /// `file.path.pathname`: what a pseudonym is matched against (mapping.md M11).
     file_path: Option<String>,
     /// File flags and inode mode, when the event has a file.
     file_flags: Option<u64>,
@@ -547,13 +547,13 @@ impl<'m> Explainer<'m> {
         }
         let quixote = self.model.profile() == Profile::Quixote;
         if learned.coe != now.coe {
-            // Profile Q never hashes fsgid (spec §4), so it cannot be the cause.
+            // Profile Q never hashes fsgid (mapping.md M7), so it cannot be the cause.
             c.coe = field_differences(&learned.coe_fields, &now.coe_fields, |f| {
                 !(quixote && f == "fsgid")
             });
         }
         if learned.cell != now.cell {
-            // Profile Q does not hash path devices (spec §3.1).
+            // Profile Q does not hash path devices (mapping.md M4.1).
             c.cell = field_differences(&learned.cell_fields, &now.cell_fields, |f| {
                 !(quixote && (f.ends_with("dev.major") || f.ends_with("dev.minor")))
             });

@@ -204,7 +204,7 @@ const EXPORT: HeaderKeys = HeaderKeys {
     full: false,
 };
 
-/// Quixote's unescape rule (spec §2.1): a backslash is dropped and the next
+/// Quixote's unescape rule (mapping.md M3.1): a backslash is dropped and the next
 /// character taken literally.
 fn text(raw: &[u8]) -> Cow<'_, str> {
     if !raw.contains(&b'\\') {

@@ -113,6 +113,9 @@ pub enum ArchiveError {
         /// The content of its `FORMAT` file.
         found: String,
     },
+    /// The directory could have been planted or changed by another user.
+    #[error("archive {0}")]
+    Untrusted(#[from] tsem_durable::TrustError),
     /// Another writer has the archive open.
     #[error("{}: another writer has this archive open", .0.display())]
     Locked(PathBuf),

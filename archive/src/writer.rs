@@ -150,6 +150,8 @@ fn prepare_dir(dir: &Path) -> Result<bool, ArchiveError> {
     if !meta.is_dir() {
         return Err(ArchiveError::NotAnArchive(dir.to_path_buf()));
     }
+    // Records must not go where another user could read or change them.
+    tsem_durable::check_private_dir(dir)?;
     // Only an archive (or a directory about to become one) is narrowed to
     // 0700: a wrong path must not change the permissions of anything else.
     let narrow = || -> Result<(), ArchiveError> {

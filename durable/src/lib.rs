@@ -18,6 +18,9 @@
 #![warn(missing_docs)]
 
 pub mod frame;
+pub mod trusted;
+
+pub use trusted::{check_private_dir, read_trusted_file, TrustError};
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -156,15 +159,21 @@ pub fn replace_file_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Removes the temporary files that [`replace_file`] calls of processes
 /// that no longer run left in `dir` (a crash between creating and renaming
-/// them); returns how many. Those of live processes may be in use and stay.
+/// them); returns how many. Those of live processes may be in use and stay,
+/// and so do those of other users (in a shared directory).
 pub fn remove_stale_temporaries(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let mut removed = 0;
+    let me = nix::unistd::geteuid().as_raw();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
             continue;
         };
+        if entry.metadata()?.uid() != me {
+            continue;
+        }
         let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
         let alive = pid.is_some_and(|p| {
             p > 0
@@ -176,6 +185,42 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<u64> {
         }
     }
     Ok(removed)
+}
+
+/// How [`write_output`] wrote a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// A new regular file replaced the path ([`replace_file`]).
+    Replaced,
+    /// The path names something that is not a regular file (a device, a
+    /// FIFO, a terminal): the bytes were written into it.
+    Through,
+}
+
+/// Writes a command's output to `path`: a regular file (or a path that does
+/// not exist yet) is replaced atomically and durably, so a crash or a
+/// failure leaves the old content whole; anything else that exists there
+/// (`/dev/null`, a FIFO, `/dev/stdout`) is written into, never replaced. A
+/// symbolic link to a regular file is itself replaced, as `mv` would: a link
+/// planted in a shared directory cannot make us write elsewhere. Temporary
+/// files that our own dead processes left beside it are removed first.
+pub fn write_output(path: &Path, bytes: &[u8]) -> io::Result<Written> {
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            let mut f = OpenOptions::new().write(true).open(path)?;
+            f.write_all(bytes)?;
+            return Ok(Written::Through);
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    remove_stale_temporaries(dir)?;
+    replace_file(path, bytes)?;
+    Ok(Written::Replaced)
 }
 
 /// What [`write_and_rename`] waits for.
@@ -220,7 +265,7 @@ fn write_and_rename<'p>(path: &'p Path, bytes: &[u8], sync: Sync) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     #[test]
     fn a_replaced_file_has_the_new_content_and_mode_0600_and_no_temporary_is_left() {
@@ -255,6 +300,40 @@ mod tests {
         assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
         assert!(!dead.exists());
         assert!(live.exists());
+    }
+
+    #[test]
+    fn an_output_over_a_device_is_written_through_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::read(fifo).unwrap())
+        };
+        assert_eq!(write_output(&fifo, b"model\n").unwrap(), Written::Through);
+        assert_eq!(reader.join().unwrap(), b"model\n");
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(
+            write_output(Path::new("/dev/null"), b"x").unwrap(),
+            Written::Through
+        );
+    }
+
+    #[test]
+    fn an_output_through_a_planted_link_replaces_the_link_not_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("model.out");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(write_output(&link, b"new").unwrap(), Written::Replaced);
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert!(!fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&link).unwrap(), b"new");
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum FleetError {
         /// The error.
         source: io::Error,
     },
+    /// The buffer directory could have been planted or changed by another user.
+    #[error("publish buffer {0}")]
+    Untrusted(#[from] tsem_durable::TrustError),
     /// Another process publishes through this buffer.
     #[error("{}: buffer in use by another publisher", .0.display())]
     Busy(PathBuf),

@@ -269,6 +269,8 @@ impl Spool {
     /// kept (a torn last entry is cut off) and will be read first.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, SpoolReader), FleetError> {
         tsem_durable::create_private_dir(dir).map_err(io_at(dir))?;
+        // Entries waiting here are sent as ours: no one else may write them.
+        tsem_durable::check_private_dir(dir)?;
         let lock = tsem_durable::lock_dir(dir, LOCK_FILE).map_err(|e| match e {
             LockError::Busy { dir } => FleetError::Busy(dir),
             LockError::Io { path, source } => FleetError::Io { path, source },

@@ -1,8 +1,8 @@
-//! The TSEM security event names (spec §3.4) and their table index.
+//! The TSEM security event names (mapping.md M5) and their table index.
 
 /// A TSEM security event type known to the Quixote v1.8 name table.
 ///
-/// The discriminant is the row number of spec §3.4 (1-based), which is also
+/// The discriminant is the row number of mapping.md M5 (1-based), which is also
 /// the index of the name in Quixote's `tsem_event.h` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]

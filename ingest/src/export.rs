@@ -1,4 +1,4 @@
-//! Reading the kernel's export file `external_tma/<id>` (spec §1.2), or a
+//! Reading the kernel's export file `external_tma/<id>` (kernel-interface.md K3), or a
 //! FIFO standing in for it (the simulator, tests).
 //!
 //! The kernel file is a `seq_file` opened with `single_open` (v3/v4
@@ -10,8 +10,8 @@
 //! a record boundary, never in the middle of a record: a seek would drop the
 //! rest of the record held by the kernel.
 //!
-//! Caveat [Inferred from `seq_read_iter` and v4 `export.c`, not observed]:
-//! when a record does not fit the kernel's `seq_file` buffer (one page at
+//! Caveat (read in `seq_read_iter` and v4 `export.c`, and observed on the
+//! real v4 kernel by `tests/real_kernel.rs`): when a record does not fit the kernel's `seq_file` buffer (one page at
 //! first), the kernel grows the buffer and calls `show` again, which dequeues
 //! the *next* record: the long one is lost. The buffer keeps its new size
 //! for later reads of the same open file. Nothing a reader does can avoid it.

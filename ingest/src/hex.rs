@@ -1,4 +1,4 @@
-//! Hex digests as the kernel prints them (spec §2.3).
+//! Hex digests as the kernel prints them (mapping.md M3.3).
 
 /// Why a hex value could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

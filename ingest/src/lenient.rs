@@ -1,10 +1,10 @@
 //! Who waits, in a line the strict parser refused.
 //!
-//! A synchronous event's task sleeps until it is answered (spec §7), so a
+//! A synchronous event's task sleeps until it is answered (kernel-interface.md K5), so a
 //! record whose bytes cannot be parsed (a raw control byte or invalid UTF-8
 //! in a pathname, nesting past the depth limit, a cut line) must still be
 //! answered. The kernel writes the export wrapper and the `event{}` header
-//! first, with fixed punctuation (spec §1.3, §1.4):
+//! first, with fixed punctuation (kernel-interface.md K4.1, K4.2):
 //!
 //! ```text
 //! {"export": {"type": "event"}, "event": {"pid": "41", "tnum": "7", "context": "1", "number": "4", "process": …

@@ -1,7 +1,7 @@
 //! Reading TSEM security event descriptions: line framing and zero-copy,
 //! typed parsing of export records and trajectory lines.
 //!
-//! The crate knows the JSON shapes of spec §1 and the text conventions of §2
+//! The crate knows the JSON shapes of kernel-interface.md K4 and the text conventions of mapping.md M3
 //! (numbers, digests, escapes); it knows nothing about hashing or models.
 #![warn(missing_docs)]
 

@@ -1,7 +1,7 @@
 //! Numbers as the kernel prints them: decoded like C `strtoll(s, NULL, 0)`.
 
 /// A decoded integer: sign and magnitude, so that each caller can apply the
-/// narrowing rule of its mapping profile (spec §2.2).
+/// narrowing rule of its mapping profile (mapping.md M3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CInteger {
     /// True when the text had a leading `-` and a non-zero magnitude.

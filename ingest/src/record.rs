@@ -1,5 +1,5 @@
 //! Zero-copy parsing of one export record or trajectory line into a typed,
-//! borrowed view (spec §1.4-§1.7).
+//! borrowed view (kernel-interface.md K4.2-K4.7).
 //!
 //! The line is copied once into a reused, padded buffer; `simd-json` builds a
 //! flat tape over it (no per-event tree of allocations) and unescapes strings in
@@ -48,7 +48,7 @@ pub enum ParseError {
     UnknownExportType(String),
 }
 
-/// The kind of an export record (`export.type`, spec §1.4).
+/// The kind of an export record (`export.type`, kernel-interface.md K4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExportKind {
     /// The namespace's hardware aggregate, sent once at creation.
@@ -304,7 +304,7 @@ impl std::fmt::Debug for Parser {
 }
 
 /// Copies `line` into `out`, rewriting backslash escapes to Quixote's rule
-/// (spec §2.1: the backslash is dropped and the next character taken literally).
+/// (mapping.md M3.1: the backslash is dropped and the next character taken literally).
 /// `\"` and `\\` are kept for the JSON parser, which then yields the same bytes;
 /// every other escape (`\n`, `\u0061`, ...) loses its backslash before parsing,
 /// so JSON decoding cannot turn it into something Quixote would not hash.

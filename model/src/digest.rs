@@ -4,7 +4,7 @@ use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-/// `SHA-256("")`, the zero-length file digest `Z` of spec §0.2.
+/// `SHA-256("")`, the zero-length file digest `Z` of mapping.md M1.
 pub const ZERO_DIGEST: [u8; 32] = [
     0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
     0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
@@ -15,7 +15,7 @@ pub const ZERO_DIGEST: [u8; 32] = [
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Digest(pub [u8; 32]);
 
-/// A security state coefficient (spec §5.1): the model's unit of behaviour.
+/// A security state coefficient (mapping.md M8): the model's unit of behaviour.
 pub type Coefficient = Digest;
 
 /// Why hex text is not a digest.
@@ -81,7 +81,7 @@ impl FromStr for Digest {
 }
 
 /// A SHA-256 preimage under construction, with helpers for the little-endian
-/// encodings of spec §0.2.
+/// encodings of mapping.md M1.
 pub(crate) struct Preimage(Sha256);
 
 impl Preimage {
@@ -116,7 +116,7 @@ impl Preimage {
     }
 }
 
-/// `PSEUDONYM(path) = SHA-256(LSTR(pathname))` (spec §5.8).
+/// `PSEUDONYM(path) = SHA-256(LSTR(pathname))` (mapping.md M11).
 pub fn pseudonym_of(pathname: &[u8]) -> Digest {
     let mut p = Preimage::new();
     p.lstr(pathname);

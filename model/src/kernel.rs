@@ -1,12 +1,12 @@
-//! Profile K: the kernel's mapping (spec §3.4, §3.5, §4, §5.1; conformance README reading rules).
+//! Profile K: the kernel's mapping (mapping.md M5, M6, M7, M8).
 //!
 //! The CELL of an event is the SHA-256 of the parameters that the v3 kernel's
 //! `map.c` feeds into its hash, in that order, with every defect of that code
 //! reproduced (the conformance README's "Reading rules" win where they differ
-//! from spec §3.4). The description is taken as the content of the kernel's
+//! from mapping.md M5). The description is taken as the content of the kernel's
 //! event structure, i.e. what `fs.c` printed.
 //!
-//! Sub-encodings (spec §3.5), one function each:
+//! Sub-encodings (mapping.md M6.1), one function each:
 //!
 //! | encoding   | function     |
 //! |------------|--------------|
@@ -28,7 +28,7 @@ use crate::fields::{decode_hex_chunks, Fields, MapError};
 use crate::profile::{generic_cell, Profile, Pseudonyms};
 use crate::quixote::TMPFS_MAGIC;
 
-/// COE (spec §4, Profile K): the eight ids in order, then capeff.
+/// COE (mapping.md M7, Profile K): the eight ids in order, then capeff.
 pub(crate) fn coe(coe: &Fields<'_>) -> Result<Digest, MapError> {
     let mut p = Preimage::new();
     for key in [
@@ -40,7 +40,7 @@ pub(crate) fn coe(coe: &Fields<'_>) -> Result<Digest, MapError> {
     Ok(p.finish())
 }
 
-/// The CELL digest of an event under Profile K (spec §3.4, "Profile K CELL preimage").
+/// The CELL digest of an event under Profile K (mapping.md M5, "Profile K CELL preimage").
 ///
 /// Event names outside the table, and the four table events without a case in
 /// v3 `map.c` (`msg_queue_msgsnd`, `tun_dev_create`, `tun_dev_attach`,
@@ -66,7 +66,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
     let mut p = Preimage::new();
     match t {
         // v3 never models or exports this event: map.c maps it only to derive
-        // the TASK_ID (spec §5.2), from the executable's FILE.
+        // the TASK_ID (mapping.md M9), from the executable's FILE.
         E::BprmCommittedCreds => {
             let f = b.opt_obj("file")?.ok_or_else(no_exec_file)?;
             file(&mut p, &f, pseudonyms, PseudonymScope::Off)?;
@@ -213,7 +213,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
             p.u32(b.u32("cmds")?).u32(b.u32("type")?).u32(b.u32("id")?);
             superblock(&mut p, &b.obj("sb")?)?;
         }
-        // v3 fs.c prints the hashed `ipc.value` under these names (spec §3.4;
+        // v3 fs.c prints the hashed `ipc.value` under these names (mapping.md M5;
         // README: `perm_flag` is printed under them by mistake).
         E::ShmAssociate | E::ShmShmat => ipc_value(&mut p, &b, "shmflg")?,
         E::SemAssociate => ipc_value(&mut p, &b, "semflg")?,
@@ -274,7 +274,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
             dentry(&mut p, &b.obj("dentry")?, Creation::AsPrinted)?;
             p.u16(b.u16("mode")?);
             // The kernel's dev_t: MKDEV(major, minor) = major << 20 | minor
-            // (spec §3.4 row 69, README reading rules).
+            // (mapping.md M5 row 69, README reading rules).
             let dev = b.obj("dev")?;
             p.u32((dev.u32("major")? << 20) | dev.u32("minor")?);
         }
@@ -296,7 +296,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
                 .u64(a.u64("size")?);
         }
         E::InodeGetattr => {
-            // A dentry structure printed under the key `path` (spec §3.4 row 72).
+            // A dentry structure printed under the key `path` (mapping.md M5 row 72).
             dentry(&mut p, &b.obj("path")?, Creation::AsPrinted)?;
         }
         E::InodeSetxattr => {
@@ -312,7 +312,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
         E::InodeListxattr | E::InodeKillpriv => {
             dentry(&mut p, &b.obj("dentry")?, Creation::AsPrinted)?;
         }
-        // v3 defect (spec §3.4 note 4): an inverted error test ends the
+        // v3 defect (mapping.md M5 note 4): an inverted error test ends the
         // preimage after the first field.
         E::Bpf => {
             p.u32(b.u32("cmd")?);
@@ -343,7 +343,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
     Ok(p.finish())
 }
 
-/// The TASK_ID the kernel gives a task at exec (spec §5.2):
+/// The TASK_ID the kernel gives a task at exec (mapping.md M9):
 /// `H("bprm_committed_creds" ‖ p_task_id ‖ 0^32 ‖ COE ‖ CELL_K(file))`, i.e.
 /// the Profile K coefficient of a `bprm_committed_creds` description that
 /// carries the executable's `file{}`, with the all-zero "null id" in place of
@@ -375,7 +375,7 @@ pub(crate) fn task_id_of_exec(view: &EventView<'_>) -> Result<Digest, MapError> 
 }
 
 /// file_ioctl_compat: added to Quixote in 2025, absent from the v3 kernel
-/// (spec §3.4 row 17), so map.c has no layout for it.
+/// (mapping.md M5 row 17), so map.c has no layout for it.
 fn not_a_v3_event() -> MapError {
     MapError::Unmappable("not an event of the v3 kernel: Profile K has no mapping for it".into())
 }
@@ -390,7 +390,7 @@ fn no_exec_file() -> MapError {
 
 /// A TASK_ID hashed as the kernel's `sizeof(target)` array: HASH_MAX_DIGESTSIZE
 /// = 64 bytes, the 32-byte TASK_ID then 32 bytes that are zero in the
-/// zero-allocated event (spec §3.4 note 1; task_setpgid/setnice/setioprio).
+/// zero-allocated event (mapping.md M5 note 1; task_setpgid/setnice/setioprio).
 fn task_id_array(p: &mut Preimage, b: &Fields<'_>, key: &str) -> Result<(), MapError> {
     p.raw(&b.digest::<32>(key)?).raw(&[0; 32]);
     Ok(())
@@ -431,7 +431,7 @@ struct InodeFacts {
 }
 
 /// `INODE_K` = `u32 uid ‖ u32 gid ‖ u32 mode ‖ u32 s_magic ‖ s_id[32] ‖
-/// s_uuid[16]` (spec §3.5): the kernel hashes `i_mode` as a 4-byte value
+/// s_uuid[16]` (mapping.md M6.1): the kernel hashes `i_mode` as a 4-byte value
 /// (Profile Q: 2 bytes), and a tmpfs inode's s_uuid as 16 zero bytes.
 fn inode(p: &mut Preimage, inode: &Fields<'_>) -> Result<InodeFacts, MapError> {
     let mode = inode.u32("mode")?;
@@ -461,7 +461,7 @@ struct PathFacts<'a> {
     created: bool,
 }
 
-/// `PATH_K` (spec §3.5) = `[u32 major ‖ u32 minor] ‖` (created ?
+/// `PATH_K` (mapping.md M6.1) = `[u32 major ‖ u32 minor] ‖` (created ?
 /// `LSTR(dirprefix) ‖ u64 instance ‖ owner[32]` : `LSTR(pathname)`).
 ///
 /// The device is hashed when `dev{}` is printed and is not 0:0 (a path without
@@ -519,7 +519,7 @@ enum PseudonymScope {
     RealFilesystems,
 }
 
-/// The pseudo filesystems of event.c (spec §5.8), by superblock magic:
+/// The pseudo filesystems of event.c (mapping.md M11), by superblock magic:
 /// proc, sysfs, debugfs, tmpfs (devtmpfs shares it), devpts, binfmt_misc,
 /// securityfs, selinuxfs, smackfs, cgroup, cgroup2, nsfs, efivarfs.
 const PSEUDO_FILESYSTEM_MAGICS: [u32; 13] = [
@@ -553,7 +553,7 @@ impl PseudonymScope {
     }
 }
 
-/// `FILE_K` = `u32 flags ‖ INODE_K ‖ PATH_K ‖ digest[32]` (spec §3.5).
+/// `FILE_K` = `u32 flags ‖ INODE_K ‖ PATH_K ‖ digest[32]` (mapping.md M6.1).
 ///
 /// For an external namespace the kernel exports the real digest and the TMA
 /// applies the pseudonyms, where event.c would have consulted them (`scope`).
@@ -585,7 +585,7 @@ enum Creation {
     Required,
 }
 
-/// `DENTRY_K` = `[INODE_K if inode{} is printed] ‖ PATH_K` (spec §3.5).
+/// `DENTRY_K` = `[INODE_K if inode{} is printed] ‖ PATH_K` (mapping.md M6.1).
 fn dentry(p: &mut Preimage, d: &Fields<'_>, creation: Creation) -> Result<(), MapError> {
     let path_fields = d.obj("path")?;
     if let Creation::Required = creation {
@@ -611,7 +611,7 @@ fn superblock(p: &mut Preimage, sb: &Fields<'_>) -> Result<(), MapError> {
     Ok(())
 }
 
-/// `SOCK_K` = `u32 family ‖ u32 type ‖ u32 protocol ‖ owner[64]` (spec §3.5):
+/// `SOCK_K` = `u32 family ‖ u32 type ‖ u32 protocol ‖ owner[64]` (mapping.md M6.1):
 /// the owner array is `sizeof` HASH_MAX_DIGESTSIZE = 64 bytes, the 32-byte
 /// TASK_ID then 32 zero bytes. Returns the family.
 fn sock(p: &mut Preimage, s: &Fields<'_>) -> Result<u32, MapError> {
@@ -628,7 +628,7 @@ const AF_UNIX: u32 = 1;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
-/// `SOCK_K ‖ address` of socket_connect/bind/accept (spec §3.4 rows 24-26):
+/// `SOCK_K ‖ address` of socket_connect/bind/accept (mapping.md M5 rows 24-26):
 /// inet `u16 port ‖ u32 addr`; inet6 `u16 port ‖ addr[16]` then, except for
 /// accept, `u32 flow ‖ u32 scope`; unix the path bytes (no length); any other
 /// family the 32-byte address mapping.
@@ -665,10 +665,10 @@ fn socket_address(p: &mut Preimage, b: &Fields<'_>, accept: bool) -> Result<(), 
     Ok(())
 }
 
-/// `SOCK_K ‖ [address]` of socket_sendmsg/recvmsg (spec §3.4 rows 29-30): an
+/// `SOCK_K ‖ [address]` of socket_sendmsg/recvmsg (mapping.md M5 rows 29-30): an
 /// `addr{}` is printed only for AF_INET (`u16 port ‖ u32 addr`) and AF_INET6
 /// (`u16 port ‖ addr[16]`). v3 fs.c prints the AF_INET address under the
-/// misspelled key `addrress` (spec §3.4 note 2); `address` is accepted too.
+/// misspelled key `addrress` (mapping.md M5 note 2); `address` is accepted too.
 fn message_address(p: &mut Preimage, b: &Fields<'_>) -> Result<(), MapError> {
     let family = sock(p, &b.obj("sock")?)?;
     let Some(addr) = b.opt_obj("addr")? else {
@@ -695,7 +695,7 @@ fn message_address(p: &mut Preimage, b: &Fields<'_>) -> Result<(), MapError> {
 }
 
 /// `IPC_K` = `u32 uid ‖ u32 gid ‖ u32 cuid ‖ u32 cgid ‖ u16 mode ‖ owner[32]`
-/// (spec §3.5).
+/// (mapping.md M6.1).
 fn ipc(p: &mut Preimage, perm: &Fields<'_>) -> Result<(), MapError> {
     for key in ["uid", "gid", "cuid", "cgid"] {
         p.u32(perm.u32(key)?);
@@ -711,7 +711,7 @@ fn ipc_value(p: &mut Preimage, b: &Fields<'_>, key: &str) -> Result<(), MapError
     Ok(())
 }
 
-/// `CREDS_K` = `u32 uid` only: v3 defect (spec §3.5), the error test after
+/// `CREDS_K` = `u32 uid` only: v3 defect (mapping.md M6.1), the error test after
 /// the first field is inverted, so euid…securebits are never hashed (and need
 /// not be printed).
 fn creds(p: &mut Preimage, cred: &Fields<'_>) -> Result<(), MapError> {
@@ -733,13 +733,13 @@ fn key_permission(p: &mut Preimage, b: &Fields<'_>) -> Result<(), MapError> {
     Ok(())
 }
 
-/// `netlink_send` (README reading rules; spec §3.4 row 62 differs): map.c
+/// `netlink_send` (README reading rules; mapping.md M5 row 62 differs): map.c
 /// hashes the socket through the `socket` member of the CELL union while
 /// event.c filled the `netlink` member, 8 bytes earlier, so the 76 bytes hashed
 /// as "SOCK_K" are `u32 sock.protocol ‖ u32 kern (0) ‖ owner[0:4] ‖
 /// owner[8:32] ‖ 0^32 ‖ u32 uid ‖ u32 gid`. Then `uid, gid, portid,
 /// dst_group, flags`, and `flags` once more instead of `nsid` when `nsid_set`
-/// (spec §3.4 note 3).
+/// (mapping.md M5 note 3).
 fn netlink_send(p: &mut Preimage, b: &Fields<'_>) -> Result<(), MapError> {
     let s = b.obj("sock")?;
     let owner = s.digest::<32>("owner")?;
@@ -785,11 +785,11 @@ mod tests {
     use crate::profile::Mapper;
     use tsem_ingest::{Parser, Record};
 
-    /// Spec §9 common inputs.
+    /// mapping.md M14.1 common inputs.
     const TA: &str = "647110c3e238dca7ec813f0998fa58cd91c2a60d8e19f5bbe048f9566f1cb189";
     const COE0: &str = r#"{"uid": "0", "euid": "0", "suid": "0", "gid": "0", "egid": "0", "sgid": "0", "fsuid": "0", "fsgid": "0", "capeff": "0x1ffffffffff"}"#;
     const OWN: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-    /// The FILE of the sample file_open (spec §9 V5/V19).
+    /// The FILE of the sample file_open (mapping.md M14.1 V5/V19).
     const BASH_FILE: &str = r#"{"flags": "32800", "inode": {"uid": "0", "gid": "0", "mode": "0100755", "s_magic": "0xef53", "s_id": "sda3", "s_uuid": "e896110b42b24dbca89c7caa36961685"}, "path": {"dev": {"major": "8", "minor": "3"}, "type": "root", "pathname": "/usr/bin/bash"}, "digest": "59474588a312b6b6e73e5a42a59bf71e62b55416b6c9d5e4a6e1c630c2a9ecd4"}"#;
     const ETC_INODE: &str = r#"{"uid": "0", "gid": "0", "mode": "040755", "s_magic": "0xef53", "s_id": "sda3", "s_uuid": "e896110b42b24dbca89c7caa36961685"}"#;
 

@@ -1,4 +1,4 @@
-//! Model files in the Quixote grammar (spec §6.1-§6.3): loading (with
+//! Model files in the Quixote grammar (mapping.md M12): loading (with
 //! signature verification) and writing self-contained models.
 
 use std::fmt::Write as _;
@@ -73,7 +73,7 @@ pub fn declared_profile(text: &str) -> Result<Profile, ModelFileError> {
     Ok(Profile::Quixote)
 }
 
-/// Loads a model file into `model` (spec §6.1): lines are applied in order,
+/// Loads a model file into `model` (mapping.md M12.1): lines are applied in order,
 /// a `signature` line must verify over every line before it (each + NUL) with
 /// the key of the first line, and `end` must close the model.
 pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError> {

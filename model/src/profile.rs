@@ -1,4 +1,4 @@
-//! The two mapping profiles (spec §0.3) and the coefficient of an event.
+//! The two mapping profiles (mapping.md M2) and the coefficient of an event.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -44,7 +44,7 @@ impl std::fmt::Display for Profile {
     }
 }
 
-/// The set of pseudonyms in force (spec §5.8): files whose digest is replaced
+/// The set of pseudonyms in force (mapping.md M11): files whose digest is replaced
 /// by the zero-length digest before mapping. Keeps insertion order so that
 /// models list them in a stable order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,7 +114,7 @@ fn generic_cell_of(name: &[u8]) -> Digest {
     Digest::of(&[name, &ZERO_DIGEST])
 }
 
-/// The generic CELL (spec §3.3.7) of an event name.
+/// The generic CELL (mapping.md M4.3) of an event name.
 pub(crate) fn generic_cell(view: &EventView<'_>) -> Digest {
     match view.event_type {
         Some(t) => generic_cells()[t as usize - 1],
@@ -141,7 +141,7 @@ impl Mapper {
         &self.pseudonyms
     }
 
-    /// The security state coefficient of an event (spec §5.1).
+    /// The security state coefficient of an event (mapping.md M8).
     pub fn coefficient(&self, view: &EventView<'_>) -> Result<Coefficient, MapError> {
         let coe = Fields::new(view.coe, "COE", self.profile);
         let mut p = Preimage::new();
@@ -186,7 +186,7 @@ pub struct PseudonymFileError {
 
 impl Pseudonyms {
     /// Reads `pseudonym HEX` lines. The other directives of a model file
-    /// (spec §6.1) are skipped, so a whole model file is accepted; anything else
+    /// (mapping.md M12.1) are skipped, so a whole model file is accepted; anything else
     /// is an error.
     pub fn from_text(text: &str) -> Result<Pseudonyms, PseudonymFileError> {
         let mut set = Pseudonyms::new();

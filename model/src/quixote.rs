@@ -1,4 +1,4 @@
-//! Profile Q: the mapping of Quixote v1.8 (spec §3.1-§3.3, §4, §5.8).
+//! Profile Q: the mapping of Quixote v1.8 (mapping.md M4, M7, M11).
 
 use tsem_ingest::{EventType, EventView};
 
@@ -9,7 +9,7 @@ use crate::profile::{generic_cell, Profile, Pseudonyms};
 /// `TMPFS_MAGIC`: the s_uuid of a tmpfs inode is hashed as zeros.
 pub(crate) const TMPFS_MAGIC: u32 = 0x0102_1994;
 
-/// COE (spec §4, Profile Q): `fsuid` is hashed twice and `fsgid` never
+/// COE (mapping.md M7, Profile Q): `fsuid` is hashed twice and `fsgid` never
 /// (Quixote's COE.c defect, kept for compatibility with Quixote models).
 pub(crate) fn coe(coe: &Fields<'_>) -> Result<Digest, MapError> {
     let mut p = Preimage::new();
@@ -22,7 +22,7 @@ pub(crate) fn coe(coe: &Fields<'_>) -> Result<Digest, MapError> {
     Ok(p.finish())
 }
 
-/// The CELL digest of an event (spec §3.2, §3.3).
+/// The CELL digest of an event (mapping.md M4.3, M4.4).
 pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Digest, MapError> {
     let Some(t) = view.event_type else {
         return Ok(generic_cell(view));
@@ -63,7 +63,7 @@ pub(crate) fn cell(view: &EventView<'_>, pseudonyms: &Pseudonyms) -> Result<Dige
     Ok(p.finish())
 }
 
-/// FILE_Q (spec §3.1), with pseudonym substitution of the digest (§5.8).
+/// FILE_Q (mapping.md M4.1), with pseudonym substitution of the digest (M11).
 fn file(p: &mut Preimage, f: &Fields<'_>, pseudonyms: &Pseudonyms) -> Result<(), MapError> {
     let inode = f.obj("inode")?;
     let path = f.obj("path")?;
@@ -122,7 +122,7 @@ pub(crate) fn created_or_plain(
     Ok(())
 }
 
-/// SOCK_Q plus the address of socket_connect/bind/accept (spec §3.3.4, §3.3.5).
+/// SOCK_Q plus the address of socket_connect/bind/accept (mapping.md M4.4.4, M4.4.5).
 /// The port is the event's (the kernel's layout), where Quixote reads none.
 fn socket_address(p: &mut Preimage, b: &Fields<'_>, accept: bool) -> Result<(), MapError> {
     let sock = b.obj("sock")?;

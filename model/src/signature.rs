@@ -1,4 +1,4 @@
-//! Signed models (spec §6.3): RSASSA-PKCS1-v1_5 with SHA-256 over the model
+//! Signed models (mapping.md M12.3): RSASSA-PKCS1-v1_5 with SHA-256 over the model
 //! lines, each followed by one NUL byte, as Quixote's `sign-model` makes them.
 
 use base64::engine::general_purpose::STANDARD as BASE64;

@@ -1,4 +1,4 @@
-//! The TSEM model state of spec §5.3-§5.8: points with counts, trajectory,
+//! The TSEM model state of mapping.md M10-M11: points with counts, trajectory,
 //! forensics, measurement, state, aggregate, base and pseudonyms, in free
 //! modeling or sealed mode.
 
@@ -34,12 +34,12 @@ pub struct Outcome {
 /// Why the model refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    /// `state` lines cannot be added to a sealed model (spec §5.7).
+    /// `state` lines cannot be added to a sealed model (mapping.md M10.5).
     #[error("the model is sealed: points cannot be loaded")]
     Sealed,
 }
 
-/// `EXT(M, X) = SHA-256(M ‖ SHA-256(BASE ‖ X))` (spec §5.3).
+/// `EXT(M, X) = SHA-256(M ‖ SHA-256(BASE ‖ X))` (mapping.md M10.1).
 pub fn extend(m: &Digest, base: &Digest, x: &Digest) -> Digest {
     let inner = Digest::of(&[&base.0, &x.0]);
     Digest::of(&[&m.0, &inner.0])
@@ -113,7 +113,7 @@ impl Model {
         self.base
     }
 
-    /// Sets the base nonce (spec §5.3); it applies to every later extension.
+    /// Sets the base nonce (mapping.md M10.1); it applies to every later extension.
     pub fn set_base(&mut self, base: Digest) {
         self.base = base;
     }
@@ -128,7 +128,7 @@ impl Model {
         self.host_aggregate
     }
 
-    /// Applies a hardware aggregate with the rules of spec §5.4: ignored once
+    /// Applies a hardware aggregate with the rules of mapping.md M10.2: ignored once
     /// sealed; the first one (or one that differs from the one in force)
     /// (re)starts the measurement at `EXT(0, AGG)`; the same one again is a no-op.
     /// Returns true when it changed the model.
@@ -154,7 +154,7 @@ impl Model {
         }
     }
 
-    /// The time-dependent measurement (spec §5.5).
+    /// The time-dependent measurement (mapping.md M10.3).
     pub fn measurement(&self) -> Digest {
         match self.host_aggregate {
             Some(_) => self.measurement,
@@ -162,7 +162,7 @@ impl Model {
         }
     }
 
-    /// The time-independent state (spec §5.6): the host aggregate extended with
+    /// The time-independent state (mapping.md M10.4): the host aggregate extended with
     /// every point (valid and forensics), sorted bytewise.
     pub fn state(&self) -> Digest {
         let mut sorted: Vec<&Coefficient> = self.points.iter().map(|p| &p.coefficient).collect();
@@ -204,7 +204,7 @@ impl Model {
         }
     }
 
-    /// Adds a valid point from a model's `state` line (spec §5.7): count 0,
+    /// Adds a valid point from a model's `state` line (mapping.md M10.5): count 0,
     /// measurement extended; duplicates are ignored. Refused once sealed.
     pub fn load_point(&mut self, coefficient: Coefficient) -> Result<bool, ModelError> {
         if self.sealed {
@@ -230,7 +230,7 @@ impl Model {
         index
     }
 
-    /// Models one event (spec §5.7). `description` is the event's line, kept
+    /// Models one event (mapping.md M10.5). `description` is the event's line, kept
     /// for the trajectory (new point, free modeling) or forensics (new point,
     /// sealed).
     pub fn update(&mut self, coefficient: Coefficient, description: &[u8]) -> Outcome {

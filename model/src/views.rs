@@ -1,4 +1,4 @@
-//! The console views of spec §6.4 (`quixote-console -T/-F/-S/-M` and their
+//! The console views of mapping.md M13 (`quixote-console -T/-F/-S/-M` and their
 //! `-s`/`-c`/`-p`/`-u` modifiers), rendered from a model.
 
 use std::io::{self, Write};

@@ -307,7 +307,7 @@ pub fn run(
 /// Like [`run`], but the calling thread reads the input and maps every
 /// record itself, so that it alone writes every verdict; the sequencer runs
 /// on a thread of its own. For v4 kernels, which take verdicts only from the
-/// thread that forked the namespace's creator (spec §7.1); `workers` does
+/// thread that forked the namespace's creator (kernel-interface.md K6); `workers` does
 /// not apply.
 pub fn run_answering_here(
     source: Box<dyn RecordSource>,
@@ -868,7 +868,7 @@ fn answer(
     };
     let owed = match kind {
         Some(ExportKind::Event) => true,
-        // spec §7: an asynchronous violation is reported only when enforcing.
+        // kernel-interface.md K5: an asynchronous violation is reported only when enforcing.
         Some(ExportKind::AsyncEvent) => policy.sealed && policy.enforcing && !trusted,
         _ => false,
     };

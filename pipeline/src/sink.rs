@@ -148,7 +148,7 @@ impl ModelSink {
         self.errors += 1;
     }
 
-    /// Applies one mapped record (spec §5.9); returns the model's outcome for events.
+    /// Applies one mapped record (mapping.md M10.6); returns the model's outcome for events.
     pub(crate) fn apply(
         &mut self,
         mapped: &Mapped,

@@ -1,7 +1,7 @@
-//! Verdicts to the kernel's control file (spec §1.1, §7): one command per
+//! Verdicts to the kernel's control file (kernel-interface.md K2, K5): one command per
 //! `write()`, `\n`-terminated.
 //!
-//! Which thread writes them matters on v4 kernels (spec §7.1): the kernel
+//! Which thread writes them matters on v4 kernels (kernel-interface.md K6): the kernel
 //! accepts `trusted`/`untrusted` only from the one thread that forked the
 //! namespace's creator, and answers `EINVAL` to any other (the task then
 //! sleeps forever). The writer itself writes on the calling thread; process

@@ -54,11 +54,11 @@
 //! connections are closed after a while.
 //!
 //! Requests are answered by the pipeline's sequencer between two batches
-//! ([`crate::ModelRequest`]), so every answer sees the model as it stood
+//! ([`tsem_pipeline::ModelRequest`]), so every answer sees the model as it stood
 //! after a whole batch, without locks on the hot path; after the input has
 //! ended the orchestrator answers them itself ([`answer`]).
 //!
-//! Quixote's binary management protocol (spec §6.4) is not spoken.
+//! Quixote's binary management protocol (mapping.md M13) is not spoken.
 
 pub mod client;
 pub mod server;

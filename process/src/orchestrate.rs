@@ -5,7 +5,7 @@
 //! Two kernel generations want two process structures; [`launch`] finds out
 //! which one the kernel takes ([`Generation`]) by what it accepts:
 //!
-//! * **v4 (2024, `key=` protocol, spec §7.1; Quixote v1.7's structure).**
+//! * **v4 (2024, `key=` protocol, kernel-interface.md K6; Quixote v1.7's structure).**
 //!   The calling thread T forks a *monitor* M. M writes `external … key=K`:
 //!   M's namespace becomes the new one, and the kernel records T (M's
 //!   `real_parent`, the exact *thread* that forked it) as the namespace's TMA
@@ -33,7 +33,7 @@
 //!   reports W's pid and exit status to T, and ends once no task of the
 //!   namespace is left and the export queue is drained: no task is left
 //!   asleep waiting for a record nobody reads.
-//! * **2025 kernels (`tnum=` protocol, spec §7; Quixote v1.8's structure).**
+//! * **2025 kernels (`tnum=` protocol, kernel-interface.md K5; Quixote v1.8's structure).**
 //!   The forked child C writes `external`, re-reads `id` until it changes
 //!   (as Quixote polls it), and reports the id; T opens
 //!   `external_tma/<id>` itself, writes `enforce`, and lets C execute the
@@ -130,7 +130,7 @@ pub enum NsRef {
     Current,
 }
 
-/// The options of the `external` control command (spec §1.1).
+/// The options of the `external` control command (kernel-interface.md K2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExternalOptions {
     /// `nsref=`; `None` leaves the kernel's default.
@@ -185,9 +185,9 @@ impl ExternalOptions {
 /// process structure and the verdict protocol (module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {
-    /// 2024 v3/v4 kernels: `key=` protocol, in-namespace monitor (spec §7.1).
+    /// 2024 v3/v4 kernels: `key=` protocol, in-namespace monitor (kernel-interface.md K6).
     Key,
-    /// 2025 kernels: `tnum=` protocol, the TMA reads the export file (spec §7).
+    /// 2025 kernels: `tnum=` protocol, the TMA reads the export file (kernel-interface.md K5).
     Tnum,
 }
 
@@ -217,11 +217,11 @@ pub struct LaunchOptions {
     pub tsem_root: PathBuf,
     /// The options of `external`.
     pub external: ExternalOptions,
-    /// The v4 namespace key, 64 hex digits (spec §7.1).
+    /// The v4 namespace key, 64 hex digits (kernel-interface.md K6).
     pub key: String,
     /// Which generation to create.
     pub generation: GenerationChoice,
-    /// v4: the monitor writes `enforce` in the namespace (spec §7.1: the
+    /// v4: the monitor writes `enforce` in the namespace (kernel-interface.md K6: the
     /// kernel applies it to the writer's namespace). Under the 2025 protocol
     /// the caller writes it after [`launch`].
     pub enforce: bool,
@@ -268,7 +268,7 @@ impl LaunchOptions {
     }
 }
 
-/// Checks a v4 namespace key: 32 bytes as 64 hex digits (spec §1.1, §7.1).
+/// Checks a v4 namespace key: 32 bytes as 64 hex digits (kernel-interface.md K2, K6).
 pub fn check_key(key: &str) -> Result<(), OrchestrateError> {
     if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
@@ -313,7 +313,7 @@ pub struct Launched {
 const RECORD_PIPE_SIZE: i32 = 1 << 20;
 
 /// The most the monitor reads from the export file in one `read()`; a
-/// longer record is read in several (spec §1.2).
+/// longer record is read in several (kernel-interface.md K3).
 const MONITOR_READ: usize = 64 * 1024;
 
 /// Forks the child that creates the namespace (module documentation). Must
@@ -601,7 +601,7 @@ fn exit_child(code: i32) -> ! {
 }
 
 /// Formats `prefix N\n` into a stack buffer (M allocates nothing once in the
-/// namespace, spec §7.1) and writes it to `fd`.
+/// namespace, kernel-interface.md K6) and writes it to `fd`.
 fn report_number(fd: &OwnedFd, prefix: &str, n: i64) -> Result<(), Errno> {
     use std::io::Write;
     let mut buf = [0u8; 64];
@@ -734,7 +734,7 @@ impl Child<'_> {
         exec_workload(argv, old_mask)
     }
 
-    /// The v4 monitor M (spec §7.1): in the namespace, enforce, open the
+    /// The v4 monitor M (kernel-interface.md K6): in the namespace, enforce, open the
     /// export file, start the workload, forward records until no task is left.
     fn run_monitor(mut self, namespace: u64) -> ! {
         if self.enforce {
@@ -1235,7 +1235,7 @@ impl Monitor {
     /// Ends the workload when nobody can answer its events any more:
     /// SIGTERM, and after `grace` SIGKILL for the orchestrator's child and
     /// every process below it. A task asleep in a synchronous event wakes
-    /// only for SIGKILL (spec §7), and under v4 the namespace's other tasks
+    /// only for SIGKILL (kernel-interface.md K5), and under v4 the namespace's other tasks
     /// would otherwise sleep forever once M stops forwarding.
     pub fn terminate(&self, grace: Duration) -> WorkloadExit {
         self.shared.signal(Signal::SIGTERM);

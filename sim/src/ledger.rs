@@ -1,5 +1,5 @@
 //! Book-keeping of the simulated kernel: which synchronous events wait for a
-//! verdict, and what the TMA wrote to `control` (spec §1.1, §7).
+//! verdict, and what the TMA wrote to `control` (kernel-interface.md K2, K5).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};

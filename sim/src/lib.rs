@@ -1,5 +1,5 @@
 //! The kernel simulator (`tsem-stream sim`): plays the kernel's side of the
-//! external-TMA protocol (spec §1.1, §1.2, §7) over FIFOs, so that a TMA can
+//! external-TMA protocol (kernel-interface.md K2, K3, K5) over FIFOs, so that a TMA can
 //! be run, tested and measured without a TSEM kernel.
 //!
 //! It builds a fake securityfs tree (`control`, `id`, `aggregate`,
@@ -11,7 +11,7 @@
 //! never has more than `max_outstanding` synchronous events unanswered.
 //!
 //! With [`SimOptions::wait_external`] it also plays the namespace's birth
-//! and life (process mode, spec §7): the tree starts without an export file
+//! and life (process mode, kernel-interface.md K5): the tree starts without an export file
 //! and `id` reads `0` (the root namespace); when a TMA writes `external …`
 //! to `control`, the simulator creates `external_tma/<id>`, rewrites `id` in
 //! place with the new id (the kernel answers `id` per caller; a TMA's child
@@ -21,7 +21,7 @@
 //!
 //! With [`SimKernel::V4`] the tree is a FUSE filesystem instead, which
 //! knows which thread calls and plays the v4 kernel's rules on who may do
-//! what (spec §7.1; the rules and the simulator's one approximation are
+//! what (kernel-interface.md K6; the rules and the simulator's one approximation are
 //! described in `sim/v4.rs`), and reports what they refused
 //! ([`V4Report`]). Process mode is implied there: the namespace is created
 //! by an accepted `external key=…`.
@@ -94,7 +94,7 @@ pub enum SimKernel {
     /// tell); any process structure passes.
     #[default]
     Fifo,
-    /// The v4 kernel (spec §7.1) on a FUSE tree: `external` needs `key=`,
+    /// The v4 kernel (kernel-interface.md K6) on a FUSE tree: `external` needs `key=`,
     /// `id`, `enforce` and the export file answer for the caller's
     /// namespace, and only the thread that forked the namespace's creator
     /// may write verdicts. Implies `wait_external`.
@@ -519,7 +519,7 @@ impl Outlet for V4Outlet<'_> {
     }
 }
 
-/// The first record of a namespace (spec §1.2).
+/// The first record of a namespace (kernel-interface.md K3).
 fn aggregate_record(aggregate: &str) -> Vec<u8> {
     let mut rec = Vec::with_capacity(128);
     rec.extend_from_slice(b"{\"export\": {\"type\": \"aggregate\"}, \"aggregate\": {\"value\": \"");

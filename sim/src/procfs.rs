@@ -1,4 +1,4 @@
-//! What the v4 simulator learns about its callers from `/proc` (spec §7.1).
+//! What the v4 simulator learns about its callers from `/proc` (kernel-interface.md K6).
 //!
 //! A FUSE request names the calling *thread* (its TID, in the simulator's
 //! pid namespace). The v4 kernel's rules are about namespaces, which a task

@@ -1,4 +1,4 @@
-//! Turning an event description line into an export record (spec §1.4) by a
+//! Turning an event description line into an export record (kernel-interface.md K4.2) by a
 //! textual edit: the export wrapper and the `pid`/`tnum` members of `event{}`
 //! are removed, new ones are inserted, and every other byte of the line is
 //! kept as it was (the TMA must compute the coefficients of the original).

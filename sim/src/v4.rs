@@ -1,6 +1,6 @@
 //! `sim --kernel v4`: the simulated securityfs tree as a FUSE filesystem,
 //! so that the simulator knows *who* reads and writes, and refuses what the
-//! v4 kernel refuses (spec §7.1).
+//! v4 kernel refuses (kernel-interface.md K6).
 //!
 //! A FIFO cannot tell its callers apart, so the FIFO simulator accepted
 //! process structures that hang on the real kernel. Every FUSE request
@@ -43,7 +43,7 @@
 //! other, so for it both agree.
 //!
 //! The export file keeps the kernel's read semantics (`seq_file` with
-//! `single_open`, spec §1.2): a read at offset 0 dequeues one record and
+//! `single_open`, kernel-interface.md K3): a read at offset 0 dequeues one record and
 //! returns as much of it as fits, reads without a seek return the rest and
 //! then 0, and an empty queue fails with `ENODATA`. Its `poll` reports
 //! `POLLIN` when a record was queued since the last poll (`have_event`).

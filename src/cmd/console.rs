@@ -1,6 +1,6 @@
 //! `tsem-stream console`: the views of a running workload's model through
 //! its management socket, with the flags and output of `quixote-console`
-//! v1.8 (spec §6.4); or of a model store, offline.
+//! v1.8 (mapping.md M13); or of a model store, offline.
 
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};

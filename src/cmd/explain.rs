@@ -1,7 +1,7 @@
 //! `tsem-stream explain`: why events were refused by a sealed model. For each
 //! forensic event, the closest learned events, what differs in plain words
 //! and what to do (a pseudonym, a rebuild, a review); and what is wrong with
-//! the model file itself. The logic is in `tsem_model::explain`; this module
+//! the model file itself. The logic is in `tsem_analysis::explain`; this module
 //! opens the inputs and prints.
 
 use std::io::{self, Write};

@@ -85,13 +85,8 @@ fn digest_arg(name: &str, hex: &str) -> anyhow::Result<Digest> {
 
 /// Reads a model file, refusing a world-writable one (anyone could have changed it).
 pub fn read_model_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.permissions().mode() & 0o002 != 0 {
-        bail!("{}: refusing a world-writable model file", path.display());
-    }
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    let bytes = tsem_durable::read_trusted_file(path, tsem_durable::trusted::MAX_MODEL_FILE)?;
+    String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))
 }
 
 impl ModelArgs {
@@ -207,28 +202,19 @@ pub fn summary(sink: &ModelSink, stats: Option<&Stats>) -> Value {
     v
 }
 
-/// Writes a text file atomically (temporary file, fsync, rename), mode 0600.
+/// Writes an output file (`-`: standard output) the safe way
+/// ([`tsem_durable::write_output`]): a regular file is replaced atomically
+/// and durably, mode 0600; a device or FIFO is written through.
 pub fn write_file_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    if path.as_os_str() == "-" {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .context("cannot write to standard output");
+    }
+    tsem_durable::write_output(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `tsem-stream run -P -w NAME [-- COMMAND...]`: the external trust
-//! orchestrator in process mode (spec §7, like `quixote-us -P`). It starts
+//! orchestrator in process mode (kernel-interface.md K5, like `quixote-us -P`). It starts
 //! the workload in a new externally modeled namespace, models its events
 //! until it exits, serves the management socket meanwhile, writes the model
 //! and exits with the workload's status.
@@ -57,7 +57,7 @@ fn workload_argv(command: &[String]) -> Vec<String> {
     vec![shell]
 }
 
-/// Reports bad lines (like `run`) and applies spec §7 to asynchronous
+/// Reports bad lines (like `run`) and applies kernel-interface.md K5 to asynchronous
 /// events: a violation in atomic context under `-e` ends the workload (the
 /// engine has already written `untrusted` for it).
 struct ProcessObserver {
@@ -94,7 +94,7 @@ impl Observer for ProcessObserver {
     }
 }
 
-/// A fresh v4 namespace key: 32 random bytes as hex (spec §7.1), unless the
+/// A fresh v4 namespace key: 32 random bytes as hex (kernel-interface.md K6), unless the
 /// user gave one.
 fn namespace_key(given: Option<&str>) -> anyhow::Result<String> {
     if let Some(key) = given {
@@ -158,7 +158,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // No thread may exist before this point (the child of a fork may only
     // allocate when the parent had a single thread). This thread forks the
     // namespace's creator: under v4 it is the only one whose verdicts the
-    // kernel takes (spec §7.1).
+    // kernel takes (kernel-interface.md K6).
     let mut launch = LaunchOptions::new(&root, external, key.clone(), workload_argv(&args.command));
     launch.generation = generation;
     launch.enforce = args.enforce;
@@ -259,7 +259,7 @@ fn model_workload(
         progress: super::modeling::progress_to_stderr(),
     };
     let result = match generation {
-        // Spec §7.1: only this thread, which forked the namespace's creator,
+        // kernel-interface.md K6: only this thread, which forked the namespace's creator,
         // may write verdicts; it reads and maps every record itself.
         Generation::Key => tsem_pipeline::run_answering_here(
             source,
@@ -291,10 +291,12 @@ fn model_workload(
     if let Err(e) = sink.commit() {
         eprintln!("tsem-stream: store: {e}");
     }
+    // The workload's own exit status decides process mode's (below).
     let outcome = RunOutcome {
         sink,
         stats,
         stopped_on_error,
+        enforced: false,
     };
     let code = finish(
         &outcome,

@@ -4,7 +4,7 @@
 //! forensics accepted into it.
 //!
 //! Why recompute instead of editing a model: a model holds coefficients, and a
-//! coefficient already has the file digest hashed into it (spec §5.1, §5.8).
+//! coefficient already has the file digest hashed into it (mapping.md M8, M11).
 //! A `pseudonym` line appended to a learned model changes how *new* events are
 //! mapped, not the points learned before, so the only sound way to give a
 //! model a pseudonym is to map the learned descriptions again with it.

@@ -156,6 +156,9 @@ pub struct RunOutcome {
     pub sink: ModelSink,
     pub stats: Option<tsem_pipeline::Stats>,
     pub stopped_on_error: bool,
+    /// The model was sealed for this run (`-e`, `enforce`): violations
+    /// make the exit status 3.
+    pub enforced: bool,
 }
 
 /// Runs the pipeline over `source` into the model of `args`.
@@ -208,6 +211,7 @@ pub fn execute(
             sink,
             stats: Some(stats),
             stopped_on_error: false,
+            enforced: seal,
         }),
         // Already reported by the ErrorReporter, in order.
         Err(PipelineError::BadLine { .. }) => {
@@ -216,12 +220,14 @@ pub fn execute(
                 sink,
                 stats: None,
                 stopped_on_error: true,
+                enforced: seal,
             })
         }
         Err(PipelineError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(RunOutcome {
             sink,
             stats: None,
             stopped_on_error: false,
+            enforced: seal,
         }),
         Err(e) => Err(e.into()),
     }
@@ -292,8 +298,12 @@ pub fn finish(
         }
         None => {}
     }
+    // One rule for every command: 1 bad input, 3 violations of an enforced
+    // model, else 0 (2, a failure, comes from main).
     Ok(if outcome.stopped_on_error || outcome.sink.errors() > 0 {
         ExitCode::from(1)
+    } else if outcome.enforced && model.violations() > 0 {
+        ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
@@ -452,6 +462,10 @@ pub struct LearnArgs {
     /// Print a summary.
     #[arg(long, value_enum)]
     pub summary: Option<SummaryFormat>,
+    /// Write the model even when the input held no event (such a model,
+    /// once sealed, denies everything).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Event lines (`-` for stdin).
     #[arg(default_value = "-")]
     pub input: PathBuf,
@@ -470,6 +484,16 @@ pub fn learn(args: &LearnArgs) -> anyhow::Result<ExitCode> {
         Outputs::default(),
         None,
     )?;
+    let model = outcome.sink.model();
+    if model.points().is_empty() && !args.allow_empty && !outcome.stopped_on_error {
+        eprintln!(
+            "tsem-stream: {}: no security event to learn from: a model of nothing denies \
+             every event once sealed; {} was not written (give --allow-empty to write it)",
+            args.input.display(),
+            args.output.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     finish(&outcome, Some(&args.output), false, args.summary)
 }
 
@@ -568,13 +592,5 @@ pub fn enforce(args: &EnforceArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
         write_file_atomically(path, &String::from_utf8_lossy(&text))?;
     }
-    let code = finish(&outcome, None, false, args.summary)?;
-    if code != ExitCode::SUCCESS {
-        return Ok(code);
-    }
-    Ok(if outcome.sink.model().violations() > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    finish(&outcome, None, false, args.summary)
 }

@@ -14,7 +14,7 @@ pub enum KernelArg {
     /// writes).
     #[default]
     Fifo,
-    /// The v4 kernel's rules on who may do what (TSEM-SPEC §7.1), on a FUSE
+    /// The v4 kernel's rules on who may do what (kernel-interface.md K6), on a FUSE
     /// filesystem: `external` needs `key=`, `id`, `enforce` and the export
     /// file answer for the caller's namespace, only the thread that forked
     /// the namespace's creator may write verdicts. Implies

@@ -162,6 +162,9 @@ pub struct StoredPoint {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The directory could have been planted or changed by another user.
+    #[error("store {0}")]
+    Untrusted(#[from] tsem_durable::TrustError),
     /// A system call on a store file failed.
     #[error("I/O error on {}: {source}", .path.display())]
     Io {
@@ -598,7 +601,9 @@ impl ModelStore {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        // An existing empty directory may be wider than 0700.
+        // An existing empty directory must be ours (or root's) and closed to
+        // others; it may still be wider than 0700 for reading.
+        tsem_durable::check_private_dir(dir)?;
         fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         let lock = lock_dir(dir)?;
         let table = Table::create(dir, 1, INITIAL_CAPACITY)?;
@@ -627,6 +632,9 @@ impl ModelStore {
     /// the module documentation. Fails with [`StoreError::Locked`] while
     /// another writer has it open.
     pub fn open(dir: &Path) -> Result<ModelStore, StoreError> {
+        // A store another user could write may hold any model: refuse it
+        // before trusting a byte of it.
+        tsem_durable::check_private_dir(dir)?;
         // Check for a header before creating a lock file in a directory
         // that may not be a store at all.
         read_header(dir)?;

@@ -178,6 +178,25 @@ fn store_permissions_and_create_rules() {
 }
 
 #[test]
+fn a_store_directory_others_may_write_is_refused() {
+    let (_tmp, dir) = new_store();
+    drop(ModelStore::create(&dir, &meta(0)).unwrap());
+    fs::set_permissions(&dir, Permissions::from_mode(0o777)).unwrap();
+    let e = ModelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("world-writable") && e.contains("chmod go-w"),
+        "{e}"
+    );
+    let open = dir.with_file_name("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, Permissions::from_mode(0o777)).unwrap();
+    assert!(matches!(
+        ModelStore::create(&open, &meta(0)),
+        Err(StoreError::Untrusted(_))
+    ));
+}
+
+#[test]
 fn store_not_a_store_and_version() {
     let (tmp, dir) = new_store();
     let e = ModelStore::open(&dir).err().unwrap();
