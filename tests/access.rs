@@ -93,9 +93,21 @@ fn require_signed_refuses_unsigned_models_and_accepts_signed_ones() {
     ]);
     let signed_path = dir.path().join("signed");
     std::fs::write(&signed_path, &signed.stdout).unwrap();
+    // A signature alone proves nothing: the key must be one we trust.
     let o = run(&[
         "enforce",
         "--require-signed",
+        "-m",
+        signed_path.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs a trusted key"));
+    let o = run(&[
+        "enforce",
+        "--require-signed",
+        "--trusted-key",
+        key.to_str().unwrap(),
         "-m",
         signed_path.to_str().unwrap(),
         events.to_str().unwrap(),
@@ -106,4 +118,43 @@ fn require_signed_refuses_unsigned_models_and_accepts_signed_ones() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn a_model_signed_by_an_untrusted_key_is_refused_with_its_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let trusted = dir.path().join("trusted.pem");
+    let attacker = dir.path().join("attacker.pem");
+    let events = conformance("document-events.jsonl");
+    let ev = events.to_str().unwrap();
+    assert!(run(&["learn", "-o", model.to_str().unwrap(), ev])
+        .status
+        .success());
+    for key in [&trusted, &attacker] {
+        assert!(run(&["sign", "-G", "-k", key.to_str().unwrap()])
+            .status
+            .success());
+    }
+    let signed = run(&[
+        "sign",
+        "-k",
+        attacker.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+    ]);
+    let signed_path = dir.path().join("signed");
+    std::fs::write(&signed_path, &signed.stdout).unwrap();
+    for extra in [&[][..], &["--require-signed"][..]] {
+        let mut args = vec!["enforce", "--trusted-key", trusted.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend(["-m", signed_path.to_str().unwrap(), ev]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("which is not a trusted key"), "{err}");
+        // The fingerprint names the key: 64 hex digits after "signed by key".
+        let fp = err.split("signed by key ").nth(1).unwrap();
+        assert!(fp[..64].bytes().all(|b| b.is_ascii_hexdigit()), "{err}");
+    }
 }

@@ -180,8 +180,10 @@ fn enforcing_marks_exactly_the_changed_events_untrusted() {
         ],
         &["--sync-fraction", "1.0"],
     );
-    assert!(
-        run_out.status.success(),
+    // Violations of an enforced model: exit status 3 (as `enforce`).
+    assert_eq!(
+        run_out.status.code(),
+        Some(3),
         "{}",
         String::from_utf8_lossy(&run_out.stderr)
     );

@@ -54,6 +54,8 @@ pub struct LoadReport {
     pub pseudonyms: usize,
     /// True when the model had a `seal` line.
     pub sealed: bool,
+    /// The key whose signature verified (when `signed`).
+    pub signer: Option<rsa::RsaPublicKey>,
 }
 
 /// The comment that records the mapping profile in models we write.
@@ -145,6 +147,7 @@ pub fn load(text: &str, model: &mut Model) -> Result<LoadReport, ModelFileError>
                 signature::verify(k, &data, value)
                     .map_err(|error| ModelFileError::Signature { line: n, error })?;
                 report.signed = true;
+                report.signer = Some(k.clone());
                 signed_upto = Some(i);
             }
             "base" => model.set_base(digest()?),

@@ -39,6 +39,31 @@ pub fn public_key_from_line_value(value: &str) -> Result<RsaPublicKey, Signature
     RsaPublicKey::from_public_key_pem(&pem).map_err(|e| SignatureError::BadKey(e.to_string()))
 }
 
+/// A public key's fingerprint: SHA-256 of its DER encoding
+/// (SubjectPublicKeyInfo), in hex, as `openssl pkey -pubin -outform DER |
+/// sha256sum` prints it.
+pub fn fingerprint(key: &RsaPublicKey) -> Result<String, SignatureError> {
+    use sha2::Digest as _;
+    let der = key
+        .to_public_key_der()
+        .map_err(|e| SignatureError::BadKey(e.to_string()))?;
+    Ok(Sha256::digest(der.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// A public key from PEM: a public key (`PUBLIC KEY`), or the public half of
+/// a private key (`sign -G` writes those).
+pub fn public_key_from_pem(pem: &str) -> Result<RsaPublicKey, SignatureError> {
+    match RsaPublicKey::from_public_key_pem(pem) {
+        Ok(key) => Ok(key),
+        Err(e) => private_key_from_pem(pem)
+            .map(|k| k.to_public_key())
+            .map_err(|_| SignatureError::BadKey(e.to_string())),
+    }
+}
+
 /// The signed data: each line's bytes followed by one NUL.
 pub fn signed_data<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
     let mut data = Vec::new();

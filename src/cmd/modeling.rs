@@ -33,9 +33,14 @@ pub struct ModelArgs {
     /// Model file to load first.
     #[arg(short = 'm', long = "model", value_name = "MODEL")]
     pub model: Option<PathBuf>,
-    /// Refuse a model file that is not signed (`key` + verified `signature`).
+    /// Refuse a model file that is not signed by a trusted key.
     #[arg(long, requires = "model")]
     pub require_signed: bool,
+    /// A public (or private) key in PEM whose signatures are trusted
+    /// (repeatable; default: the `*.pem` files of /etc/tsem-stream/trusted-keys/
+    /// when it exists). A model signed by any other key is refused.
+    #[arg(long = "trusted-key", value_name = "PEM")]
+    pub trusted_keys: Vec<PathBuf>,
     /// Memory-mapped model store directory (created if missing, reopened otherwise).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
@@ -89,7 +94,39 @@ pub fn read_model_file(path: &Path) -> anyhow::Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))
 }
 
+/// Where trusted public keys are kept when no `--trusted-key` is given.
+pub const TRUSTED_KEY_DIR: &str = "/etc/tsem-stream/trusted-keys";
+
 impl ModelArgs {
+    /// The fingerprints of the trusted keys: those given, else the `*.pem`
+    /// files of [`TRUSTED_KEY_DIR`] when it exists (a directory only its
+    /// owner may change), else none.
+    fn trusted_fingerprints(&self) -> anyhow::Result<Vec<String>> {
+        let mut files = self.trusted_keys.clone();
+        let dir = Path::new(TRUSTED_KEY_DIR);
+        if files.is_empty() && dir.is_dir() {
+            tsem_durable::check_private_dir(dir)?;
+            for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "pem") {
+                    files.push(path);
+                }
+            }
+        }
+        files
+            .iter()
+            .map(|path| {
+                let pem =
+                    tsem_durable::read_trusted_file(path, tsem_durable::trusted::MAX_KEY_FILE)?;
+                let pem = String::from_utf8(pem)
+                    .with_context(|| format!("{}: not a PEM key", path.display()))?;
+                let key = tsem_model::signature::public_key_from_pem(&pem)
+                    .with_context(|| format!("{}", path.display()))?;
+                Ok(tsem_model::signature::fingerprint(&key)?)
+            })
+            .collect()
+    }
+
     /// Builds the starting model: base, aggregate, model file, pseudonyms, in that order.
     pub fn build_model(&self, unseal: bool) -> anyhow::Result<Model> {
         let mut model = Model::new(self.profile.into());
@@ -108,6 +145,25 @@ impl ModelArgs {
                     "{}: the model is not signed (--require-signed)",
                     path.display()
                 );
+            }
+            let trusted = self.trusted_fingerprints()?;
+            if self.require_signed && trusted.is_empty() {
+                bail!(
+                    "--require-signed needs a trusted key: --trusted-key PEM, or *.pem files in {}",
+                    TRUSTED_KEY_DIR
+                );
+            }
+            // Like Secure Boot and IMA: the key comes from the configuration,
+            // never from the file it vouches for.
+            if let Some(signer) = &report.signer {
+                let fp = tsem_model::signature::fingerprint(signer)?;
+                if !trusted.is_empty() && !trusted.contains(&fp) {
+                    bail!(
+                        "{}: signed by key {fp}, which is not a trusted key \
+                         (--trusted-key, {TRUSTED_KEY_DIR})",
+                        path.display()
+                    );
+                }
             }
             if unseal {
                 model.unseal();

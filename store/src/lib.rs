@@ -632,12 +632,12 @@ impl ModelStore {
     /// the module documentation. Fails with [`StoreError::Locked`] while
     /// another writer has it open.
     pub fn open(dir: &Path) -> Result<ModelStore, StoreError> {
-        // A store another user could write may hold any model: refuse it
-        // before trusting a byte of it.
-        tsem_durable::check_private_dir(dir)?;
         // Check for a header before creating a lock file in a directory
         // that may not be a store at all.
         read_header(dir)?;
+        // A store another user could write may hold any model: refuse it
+        // before using a byte of it.
+        tsem_durable::check_private_dir(dir)?;
         let lock = lock_dir(dir)?;
         Self::recover(dir, lock)
     }
