@@ -555,3 +555,28 @@ fn a_group_writable_model_file_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("group-writable"));
 }
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let events = conformance("events.jsonl");
+    let mut child = bin()
+        .args(["coefficients", events.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line's worth, then close the pipe: the rest hits EPIPE.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 65];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

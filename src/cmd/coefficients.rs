@@ -9,7 +9,7 @@ use tsem_ingest::{Parser, Record};
 use tsem_model::{Mapper, Profile};
 
 use super::{display_name, load_pseudonyms, open_lines};
-use crate::OnError;
+use crate::cli::OnError;
 
 /// Runs the command; returns the exit status (1 when a line was bad).
 pub fn run(

@@ -15,8 +15,8 @@ use tsem_model::{modelfile, Mapper, Model, Profile, Pseudonyms};
 use tsem_store::{model_from_snapshot, StoreSnapshot};
 
 use super::modeling::read_model_file;
+use crate::cli::ProfileArg;
 use crate::input::{Input, OpenSegment};
-use crate::ProfileArg;
 
 /// Options of `diff`.
 #[derive(Args, Clone, Debug)]

@@ -20,7 +20,7 @@ use tsem_store::StoreSnapshot;
 
 use super::modeling::read_model_file;
 use super::rebuild::{lines_source, open_descriptions, Descriptions};
-use crate::ProfileArg;
+use crate::cli::ProfileArg;
 
 /// Options of `explain`.
 #[derive(Args, Clone, Debug)]

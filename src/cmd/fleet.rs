@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 use tsem_archive::{DurableWriter, WriterOptions};
 use tsem_fleet::nats::Next;
 use tsem_fleet::publish::default_buffer_root;
@@ -24,9 +24,11 @@ use tsem_fleet::{
 use tsem_ingest::{LineTap, TeeTap};
 use tsem_pipeline::Outputs;
 
-use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
-use super::run::{execute, finish, RunOutcome, SummaryFormat};
-use crate::ProfileArg;
+use super::modeling::{write_file_atomically, ModelArgs, RunTuning};
+use super::run::{execute, finish, RunOutcome};
+use crate::cli::ProfileArg;
+use crate::cli::{OutputArgs, SummaryFormat};
+use crate::report::Summary;
 
 /// Publishing options of `run` (and `replay`).
 #[derive(Args, Clone, Debug, Default)]
@@ -108,8 +110,12 @@ pub fn combine_taps(mut taps: Vec<Box<dyn LineTap>>) -> Option<Box<dyn LineTap>>
 
 /// Publishes the final summary, drains the buffers and says on stderr what
 /// was lost or is still waiting; returns the `publish` part of the summary.
-pub fn finish_publishing(publishing: Publishing, outcome: &RunOutcome) -> Value {
-    let reports: Vec<PublishReport> = publishing.finish(&summary(&outcome.sink, None));
+pub fn finish_publishing(
+    publishing: Publishing,
+    outcome: &RunOutcome,
+) -> anyhow::Result<Vec<PublishReport>> {
+    let summary = serde_json::to_value(Summary::of(&outcome.sink, None))?;
+    let reports = publishing.finish(&summary);
     for r in &reports {
         if r.dropped > 0 {
             eprintln!(
@@ -134,45 +140,32 @@ pub fn finish_publishing(publishing: Publishing, outcome: &RunOutcome) -> Value 
             );
         }
     }
-    serde_json::to_value(&reports).unwrap_or(Value::Null)
+    Ok(reports)
 }
 
-/// `finish` of `run`, with the publishing report in the JSON summary.
+/// `finish` of `run`, with the publishing report in the summary.
 pub fn finish_with_publish(
     outcome: &RunOutcome,
     output: Option<&PathBuf>,
     trajectory: bool,
     summary_format: Option<SummaryFormat>,
-    publish: Option<Value>,
+    publish: Option<Vec<PublishReport>>,
 ) -> anyhow::Result<ExitCode> {
     let Some(publish) = publish else {
         return finish(outcome, output, trajectory, summary_format);
     };
-    if summary_format != Some(SummaryFormat::Json) {
-        let code = finish(outcome, output, trajectory, summary_format);
-        if summary_format == Some(SummaryFormat::Text) {
-            for r in publish.as_array().into_iter().flatten() {
-                eprintln!(
-                    "published {} to {} ({} duplicates, {} dropped, {} pending), {:.0} messages/s",
-                    r["published"],
-                    r["url"],
-                    r["duplicates"],
-                    r["dropped"],
-                    r["pending"],
-                    r["rate"]
-                );
-            }
-        }
-        return code;
-    }
     let code = finish(outcome, output, trajectory, None)?;
-    let mut s = summary(&outcome.sink, outcome.stats.as_ref());
-    if let Some(obj) = s.as_object_mut() {
-        obj.insert("publish".into(), publish);
+    let summary = Summary {
+        publish: Some(publish),
+        ..Summary::of(&outcome.sink, outcome.stats.as_ref())
+    };
+    match summary_format {
+        Some(SummaryFormat::Json) => summary.write_json(&mut io::stdout().lock())?,
+        Some(SummaryFormat::Text) => {
+            summary.write_text(&mut io::stderr().lock(), outcome.stats.as_ref())?
+        }
+        None => {}
     }
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, &s)?;
-    writeln!(out)?;
     Ok(code)
 }
 
@@ -226,17 +219,19 @@ fn nats_target(url: &str) -> anyhow::Result<NatsTarget> {
 
 /// `replay nats://…`: the records of a stream through the pipeline, in
 /// stream order, each acknowledged (with `--durable`) once applied.
-#[allow(clippy::too_many_arguments)]
 pub fn replay_from_nats(
     url: &str,
     nats: &NatsSourceArgs,
     model: &ModelArgs,
     tuning: &RunTuning,
-    enforce: bool,
-    output: Option<&PathBuf>,
-    trajectory: bool,
-    summary_format: Option<SummaryFormat>,
+    out: &OutputArgs,
 ) -> anyhow::Result<ExitCode> {
+    let (enforce, output, trajectory, summary_format) = (
+        out.enforce,
+        out.output.as_ref(),
+        out.trajectory,
+        out.summary,
+    );
     let target = nats_target(url)?;
     let options = nats.options(&target, None)?;
     let source = NatsSource::open(&target, &options)?;
@@ -413,18 +408,10 @@ pub struct FleetReplayArgs {
     pub tuning: RunTuning,
     #[command(flatten)]
     pub nats: NatsSourceArgs,
-    /// Seal the model first (needs a model, -m).
-    #[arg(short = 'e', long, requires = "model")]
-    pub enforce: bool,
-    /// Write the model here at the end.
-    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
-    pub output: Option<PathBuf>,
-    /// With -o, write the trajectory instead of the model.
-    #[arg(short = 't', requires = "output")]
-    pub trajectory: bool,
-    /// Print a summary (default: text, when neither -o nor --store is given).
-    #[arg(long, value_enum)]
-    pub summary: Option<SummaryFormat>,
+    /// Seal (-e), model and summary outputs (default summary: text, when
+    /// neither -o nor --store is given).
+    #[command(flatten)]
+    pub out: OutputArgs,
     /// The server (`nats://HOST:PORT[?stream=NAME&prefix=P]`).
     pub url: String,
 }
@@ -456,16 +443,7 @@ pub struct FleetArchiveArgs {
 pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         FleetCommand::Model(m) => model(m),
-        FleetCommand::Replay(r) => replay_from_nats(
-            &r.url,
-            &r.nats,
-            &r.model,
-            &r.tuning,
-            r.enforce,
-            r.output.as_ref(),
-            r.trajectory,
-            r.summary,
-        ),
+        FleetCommand::Replay(r) => replay_from_nats(&r.url, &r.nats, &r.model, &r.tuning, &r.out),
         FleetCommand::Archive(a) => {
             if !(-7..=22).contains(&a.level) {
                 bail!("--level must be -7 to 22");

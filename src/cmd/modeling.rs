@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::{json, Value};
 use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model};
-use tsem_pipeline::{ErrorPolicy, ModelSink, PipelineOptions, Stats};
+use tsem_pipeline::{ErrorPolicy, ModelSink, PipelineOptions};
 
-use crate::{OnError, ProfileArg};
+use crate::cli::{OnError, ProfileArg};
 
 /// How the model is set up before events are applied.
 #[derive(Args, Clone, Debug, Default)]
@@ -232,30 +231,6 @@ impl ModelArgs {
 /// The pipeline's periodic stats line (`--stats-interval`), to stderr.
 pub fn progress_to_stderr() -> Option<tsem_pipeline::ProgressSink> {
     Some(Box::new(|line| eprintln!("{line}")))
-}
-
-/// The `--summary json` object.
-pub fn summary(sink: &ModelSink, stats: Option<&Stats>) -> Value {
-    let m = sink.model();
-    let mut v = json!({
-        "events": m.events(),
-        "points": m.points().len(),
-        "forensics": m.forensics_points(),
-        "violations": m.violations(),
-        "measurement": m.measurement().to_hex(),
-        "state": m.state().to_hex(),
-        "aggregate": m.aggregate().map(|a| a.to_hex()),
-        "base": m.base().to_hex(),
-        "profile": m.profile().name(),
-        "sealed": m.is_sealed(),
-        "pseudonyms": m.pseudonyms().len(),
-        "unknown_event_names": sink.unknown_event_names(),
-        "errors": sink.errors(),
-    });
-    if let (Some(stats), Some(obj)) = (stats, v.as_object_mut()) {
-        obj.insert("stats".into(), stats.to_json());
-    }
-    v
 }
 
 /// Writes an output file (`-`: standard output) the safe way

@@ -143,7 +143,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail for a reason of its own is done before the
     // namespace exists: the model, the control file, the socket name.
     let mut model = args.model.build_model(false)?;
-    if args.enforce {
+    if args.out.enforce {
         model.set_enforcing(true);
     }
     let (sink, mapper) = args.model.sink(model)?;
@@ -161,7 +161,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // kernel takes (kernel-interface.md K6).
     let mut launch = LaunchOptions::new(&root, external, key.clone(), workload_argv(&args.command));
     launch.generation = generation;
-    launch.enforce = args.enforce;
+    launch.enforce = args.out.enforce;
     let mut launched = orchestrate::launch(&launch)?;
     let export = root
         .join("external_tma")
@@ -187,7 +187,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let writer = VerdictWriter::from_file(control, protocol);
-    if generation == Generation::Tnum && args.enforce {
+    if generation == Generation::Tnum && args.out.enforce {
         writer.command("enforce").context("writing enforce")?;
     }
     let monitor = launched.release()?;
@@ -249,7 +249,7 @@ fn model_workload(
     };
     let mut observer = ProcessObserver {
         workload: monitor.handle(),
-        enforcing: args.enforce,
+        enforcing: args.out.enforce,
         terminated: false,
     };
     let outputs = Outputs {
@@ -300,9 +300,9 @@ fn model_workload(
     };
     let code = finish(
         &outcome,
-        args.output.as_ref(),
-        args.trajectory,
-        args.summary,
+        args.out.output.as_ref(),
+        args.out.trajectory,
+        args.out.summary,
     )?;
     if let Some(e) = failure {
         return Err(e.into());

@@ -12,7 +12,7 @@
 //! the new pseudonyms and added as valid points (what `quixote-console -M -u`
 //! offers, but recomputed rather than copied).
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -25,10 +25,11 @@ use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model, Profile};
 use tsem_pipeline::ModelSink;
 use tsem_store::StoreSnapshot;
 
-use super::modeling::{read_model_file, summary, write_file_atomically};
-use super::run::SummaryFormat;
+use super::modeling::{read_model_file, write_file_atomically};
+use crate::cli::ProfileArg;
+use crate::cli::SummaryFormat;
 use crate::input::{Input, OpenSegment};
-use crate::ProfileArg;
+use crate::report::Summary;
 
 /// Options of `model`.
 #[derive(Args, Clone, Debug)]
@@ -276,9 +277,7 @@ fn rebuild(args: &RebuildOptions) -> anyhow::Result<ExitCode> {
     match args.summary {
         Some(SummaryFormat::Json) => {
             let sink = ModelSink::new(model);
-            let mut out = io::stdout().lock();
-            serde_json::to_writer(&mut out, &summary(&sink, None))?;
-            writeln!(out)?;
+            Summary::of(&sink, None).write_json(&mut io::stdout().lock())?;
         }
         Some(SummaryFormat::Text) | None => {
             let mut line = format!(

@@ -10,7 +10,8 @@ use tsem_ingest::RecordSource;
 use tsem_pipeline::Outputs;
 
 use super::modeling::{ModelArgs, RunTuning};
-use super::run::{execute, SummaryFormat};
+use super::run::execute;
+use crate::cli::{OutputArgs, SummaryFormat};
 use crate::input::{Input, OpenSegment};
 
 /// Options of `replay`.
@@ -22,19 +23,10 @@ pub struct ReplayArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub tuning: RunTuning,
-    /// Seal the model first, as `run -e` does (needs a model, -m); nothing is
-    /// written to any kernel.
-    #[arg(short = 'e', long, requires = "model")]
-    pub enforce: bool,
-    /// Write the model here at the end.
-    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
-    pub output: Option<PathBuf>,
-    /// With -o, write the trajectory (event descriptions) instead of the model.
-    #[arg(short = 't', requires = "output")]
-    pub trajectory: bool,
-    /// Print a summary (default: text, when neither -o nor --store is given).
-    #[arg(long, value_enum)]
-    pub summary: Option<SummaryFormat>,
+    /// Seal (-e), model and summary outputs (default summary: text, when
+    /// neither -o nor --store is given); nothing is written to any kernel.
+    #[command(flatten)]
+    pub out: OutputArgs,
     /// Leave out an archive's open segment (records not yet sealed into its chain).
     #[arg(long)]
     pub sealed_only: bool,
@@ -60,10 +52,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             &args.nats,
             &args.model,
             &args.tuning,
-            args.enforce,
-            args.output.as_ref(),
-            args.trajectory,
-            args.summary,
+            &args.out,
         );
     }
     let open_segment = if args.sealed_only {
@@ -81,7 +70,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         &args.tuning,
         source,
         false,
-        args.enforce,
+        args.out.enforce,
         Outputs {
             tap,
             progress: super::modeling::progress_to_stderr(),
@@ -91,18 +80,21 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             .as_mut()
             .map(|p| p.observer() as &mut dyn tsem_model::Observer),
     )?;
-    let published = publishing.map(|p| super::fleet::finish_publishing(p, &outcome));
+    let published = publishing
+        .map(|p| super::fleet::finish_publishing(p, &outcome))
+        .transpose()?;
     let summary = args
+        .out
         .summary
-        .or(if args.output.is_none() && args.model.store.is_none() {
+        .or(if args.out.output.is_none() && args.model.store.is_none() {
             Some(SummaryFormat::Text)
         } else {
             None
         });
     super::fleet::finish_with_publish(
         &outcome,
-        args.output.as_ref(),
-        args.trajectory,
+        args.out.output.as_ref(),
+        args.out.trajectory,
         summary,
         published,
     )

@@ -13,17 +13,10 @@ use tsem_model::{modelfile, Outcome};
 use tsem_model::{Mapped, Observer};
 use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineError, VerdictWriter};
 
-use super::modeling::{summary, write_file_atomically, ModelArgs, RunTuning};
+use super::modeling::{write_file_atomically, ModelArgs, RunTuning};
+use crate::cli::{OutputArgs, SummaryFormat};
 use crate::input::{Input, OpenSegment};
-
-/// Output format of the run summary.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum SummaryFormat {
-    /// One JSON object on stdout.
-    Json,
-    /// A few readable lines on stderr.
-    Text,
-}
+use crate::report::Summary;
 
 /// Release protocol for verdicts (and, with -P, the process structure).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
@@ -60,18 +53,8 @@ pub struct RunArgs {
     /// Modeling namespace id whose export file `external_tma/ID` is read.
     #[arg(long, value_name = "ID")]
     pub namespace: Option<u64>,
-    /// Enforce: write `enforce` to the control file at start (needs a model, -m).
-    #[arg(short = 'e', long, requires = "model")]
-    pub enforce: bool,
-    /// Write the model here at the end.
-    #[arg(short = 'o', long = "output", value_name = "MODEL_OUT")]
-    pub output: Option<PathBuf>,
-    /// With -o, write the trajectory (event descriptions) instead of the model.
-    #[arg(short = 't', requires = "output")]
-    pub trajectory: bool,
-    /// Print a summary.
-    #[arg(long, value_enum)]
-    pub summary: Option<SummaryFormat>,
+    #[command(flatten)]
+    pub out: OutputArgs,
     /// Verdict protocol.
     #[arg(long, value_enum, default_value_t)]
     pub control_protocol: ProtocolArg,
@@ -277,24 +260,12 @@ pub fn finish(
     }
     match summary_format {
         Some(SummaryFormat::Json) => {
-            let mut out = io::stdout().lock();
-            serde_json::to_writer(&mut out, &summary(&outcome.sink, outcome.stats.as_ref()))?;
-            writeln!(out)?;
+            Summary::of(&outcome.sink, outcome.stats.as_ref())
+                .write_json(&mut io::stdout().lock())?;
         }
         Some(SummaryFormat::Text) => {
-            let s = summary(&outcome.sink, outcome.stats.as_ref());
-            eprintln!(
-                "events {} points {} forensics {} errors {}\nmeasurement {}\nstate {}",
-                s["events"],
-                s["points"],
-                s["forensics"],
-                s["errors"],
-                model.measurement(),
-                model.state()
-            );
-            if let Some(st) = &outcome.stats {
-                eprintln!("{:.0} records/s with {} worker(s)", st.rate(), st.workers);
-            }
+            Summary::of(&outcome.sink, outcome.stats.as_ref())
+                .write_text(&mut io::stderr().lock(), outcome.stats.as_ref())?;
         }
         None => {}
     }
@@ -329,7 +300,7 @@ fn refuse_output_over_input(output: &Path, input: Option<&Path>) -> anyhow::Resu
 
 /// `tsem-stream run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    if let Some(output) = &args.output {
+    if let Some(output) = &args.out.output {
         refuse_output_over_input(output, args.input.as_deref())?;
     }
     if args.process {
@@ -359,7 +330,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                     // `tsem_mode=root_export_only`) is export-only: its tasks
                     // wait for nobody, and the kernel refuses verdicts for it.
                     anyhow::ensure!(
-                        !args.enforce,
+                        !args.out.enforce,
                         "the root namespace (--namespace 0) is export-only: it cannot be enforced"
                     );
                     None
@@ -376,7 +347,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                     let control = root.join("control");
                     let writer = VerdictWriter::open(&control, protocol)
                         .with_context(|| format!("cannot open {}", control.display()))?;
-                    if args.enforce {
+                    if args.out.enforce {
                         writer.command("enforce").context("writing enforce")?;
                     }
                     Some(Arc::new(writer))
@@ -405,7 +376,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             },
         };
     let mut model_args = args.model.clone();
-    model_args.drop_descriptions = !args.trajectory;
+    model_args.drop_descriptions = !args.out.trajectory;
     // The archive first: publishing buffers default to a directory inside it.
     let mut taps = Vec::new();
     if let Some(dir) = &args.archive {
@@ -421,7 +392,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         &args.tuning,
         source,
         false,
-        args.enforce,
+        args.out.enforce,
         Outputs {
             verdicts,
             tap: super::fleet::combine_taps(taps),
@@ -432,8 +403,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .as_mut()
             .map(|p| p.observer() as &mut dyn Observer),
     )?;
-    let published = publishing.map(|p| super::fleet::finish_publishing(p, &outcome));
+    let published = publishing
+        .map(|p| super::fleet::finish_publishing(p, &outcome))
+        .transpose()?;
     let summary_format = args
+        .out
         .summary
         .or(if args.input.is_none() && args.tsem_root.is_none() {
             Some(SummaryFormat::Text)
@@ -442,8 +416,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         });
     super::fleet::finish_with_publish(
         &outcome,
-        args.output.as_ref(),
-        args.trajectory,
+        args.out.output.as_ref(),
+        args.out.trajectory,
         summary_format,
         published,
     )

@@ -43,7 +43,7 @@ pub struct ShowArgs {
     pub update: bool,
     /// Mapping profile (for -m and --events).
     #[arg(long, value_enum, default_value_t)]
-    pub profile: crate::ProfileArg,
+    pub profile: crate::cli::ProfileArg,
 }
 
 /// Loads the model a view is shown from.
@@ -67,7 +67,7 @@ pub fn load_view_model(args: &ShowArgs) -> anyhow::Result<Model> {
         let tuning = RunTuning {
             workers: 1,
             batch_lines: 256,
-            on_error: crate::OnError::Stop,
+            on_error: crate::cli::OnError::Stop,
             stats_interval: None,
         };
         let outcome = execute(
