@@ -10,38 +10,40 @@ use tsem_pipeline::{ModelSink, Stats};
 /// What a run did to its model.
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    /// Events applied.
-    pub events: u64,
-    /// Points of the model.
-    pub points: usize,
-    /// Forensics points (new behaviour under a sealed model).
-    pub forensics: usize,
-    /// Events that violated the sealed model.
-    pub violations: u64,
-    /// The measurement (hex).
-    pub measurement: String,
-    /// The state (hex).
-    pub state: String,
+    // Fields in alphabetical order: the JSON keys come out in the order
+    // they always had (scripts match `{"aggregate"` at the start of a line).
     /// The hardware aggregate (hex), when known.
     pub aggregate: Option<String>,
     /// The base nonce (hex).
     pub base: String,
-    /// The mapping profile.
-    pub profile: &'static str,
-    /// Whether the model is sealed.
-    pub sealed: bool,
-    /// Pseudonyms of the model.
-    pub pseudonyms: usize,
-    /// Events whose names are not in the TSEM table (mapped generically).
-    pub unknown_event_names: u64,
     /// Lines that could not be used.
     pub errors: u64,
-    /// The pipeline's statistics, when it ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<serde_json::Value>,
+    /// Events applied.
+    pub events: u64,
+    /// Forensics points (new behaviour under a sealed model).
+    pub forensics: usize,
+    /// The measurement (hex).
+    pub measurement: String,
+    /// Points of the model.
+    pub points: usize,
+    /// The mapping profile.
+    pub profile: &'static str,
+    /// Pseudonyms of the model.
+    pub pseudonyms: usize,
     /// What was published, per destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish: Option<Vec<PublishReport>>,
+    /// Whether the model is sealed.
+    pub sealed: bool,
+    /// The state (hex).
+    pub state: String,
+    /// The pipeline's statistics, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
+    /// Events whose names are not in the TSEM table (mapped generically).
+    pub unknown_event_names: u64,
+    /// Events that violated the sealed model.
+    pub violations: u64,
 }
 
 impl Summary {

@@ -573,6 +573,58 @@ pub fn stream_state(target: &NatsTarget, stream: &str) -> Result<StreamState, Fl
         .map_err(FleetError::Nats)
 }
 
+/// Acknowledges stream messages only once the records they carried are
+/// durable elsewhere (an archive): the server keeps, and sends again after a
+/// restart, every message whose record a crash could still lose.
+pub struct AckWhenDurable {
+    acker: NatsAcker,
+    /// (local sequence number, stream sequence number), in order.
+    waiting: VecDeque<(u64, u64)>,
+}
+
+impl AckWhenDurable {
+    /// Acknowledges through `acker`.
+    pub fn new(acker: NatsAcker) -> AckWhenDurable {
+        AckWhenDurable {
+            acker,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Notes that the message of stream sequence `stream_seq` became the
+    /// record of local sequence `local_seq`, not yet durable.
+    pub fn wait(&mut self, local_seq: u64, stream_seq: u64) {
+        self.waiting.push_back((local_seq, stream_seq));
+    }
+
+    /// Whether no record waits to become durable.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Acknowledges every message whose record is now durable (local
+    /// sequence numbers up to `durable`).
+    pub fn release_through(&mut self, durable: u64) -> io::Result<()> {
+        let mut last = None;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|&(local, _)| local <= durable)
+        {
+            last = self.waiting.pop_front().map(|(_, stream)| stream);
+        }
+        match last {
+            Some(stream) => self.acker.ack_through(stream),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the server has every acknowledgement sent.
+    pub fn flush(&self) -> io::Result<()> {
+        self.acker.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

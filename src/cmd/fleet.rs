@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use tsem_archive::{DurableWriter, WriterOptions};
-use tsem_fleet::nats::Next;
+use tsem_fleet::nats::{AckWhenDurable, Next};
 use tsem_fleet::publish::default_buffer_root;
 use tsem_fleet::target::NatsTarget;
 use tsem_fleet::{
@@ -285,23 +285,11 @@ pub fn archive_from_nats(
     }
     let first = writer.durable_seq() + 1;
     let mut source = NatsSource::open(&target, &options)?;
-    let acker = source.acker();
-    // Archive sequence number -> stream sequence number, until durable.
-    let mut waiting: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut acks = AckWhenDurable::new(source.acker());
     let mut next = first;
     let mut oversized = 0u64;
-    let ack_durable = |waiting: &mut std::collections::VecDeque<(u64, u64)>, upto: u64| {
-        let mut last = None;
-        while waiting.front().is_some_and(|&(a, _)| a <= upto) {
-            last = waiting.pop_front().map(|(_, s)| s);
-        }
-        match last {
-            Some(s) => acker.ack_through(s),
-            None => Ok(()),
-        }
-    };
     loop {
-        match source.next_message(waiting.is_empty())? {
+        match source.next_message(acks.is_empty())? {
             Next::Message(m) if m.payload.len() > tsem_ingest::DEFAULT_MAX_RECORD_LEN => {
                 oversized += 1;
                 eprintln!(
@@ -318,19 +306,19 @@ pub fn archive_from_nats(
                 writer
                     .append([m.payload])
                     .with_context(|| format!("archive {}", dir.display()))?;
-                waiting.push_back((next, seq));
+                acks.wait(next, seq);
                 next += 1;
             }
             Next::Idle => std::thread::sleep(Duration::from_millis(20)),
             Next::End => break,
         }
-        ack_durable(&mut waiting, durable.load(Ordering::SeqCst))?;
+        acks.release_through(durable.load(Ordering::SeqCst))?;
     }
     let last = writer
         .finish()
         .with_context(|| format!("archive {}", dir.display()))?;
-    ack_durable(&mut waiting, last)?;
-    acker.flush()?;
+    acks.release_through(last)?;
+    acks.flush()?;
     if last >= first {
         eprintln!(
             "tsem-stream: archived {} records (seq {first}..{last}) from {} in {}",

@@ -16,11 +16,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use tsem_ingest::MemorySource;
-use tsem_ingest::{Fetch, RecordSource};
-use tsem_ingest::{Parser, Record, DEFAULT_MAX_RECORD_LEN};
+use tsem_ingest::RecordSource;
+use tsem_ingest::{Parser, DEFAULT_MAX_RECORD_LEN};
 use tsem_model::{modelfile, pseudonym_of, Digest, Mapper, Model, Profile};
 use tsem_pipeline::ModelSink;
 use tsem_store::StoreSnapshot;
@@ -30,6 +30,7 @@ use crate::cli::ProfileArg;
 use crate::cli::SummaryFormat;
 use crate::input::{Input, OpenSegment};
 use crate::report::Summary;
+use tsem_analysis::rebuild::{feed, FeedError};
 
 /// Options of `model`.
 #[derive(Args, Clone, Debug)]
@@ -117,70 +118,6 @@ pub fn lines_source(lines: &[Vec<u8>], name: String) -> Box<dyn RecordSource> {
         data.push(b'\n');
     }
     Box::new(MemorySource::new(data, DEFAULT_MAX_RECORD_LEN, name))
-}
-
-/// What feeding one input did.
-struct Fed {
-    events: u64,
-    new_points: u64,
-}
-
-/// Maps every record of `source` with `mapper` into `model` (aggregates
-/// applied, log notices and blank lines skipped). The first bad line is an
-/// error naming `SOURCE:LINE`: a rebuilt model that silently missed events
-/// would deny them later.
-fn feed(
-    model: &mut Model,
-    mapper: &Mapper,
-    source: &mut dyn RecordSource,
-    parser: &mut Parser,
-) -> anyhow::Result<Fed> {
-    let name = source.name().to_owned();
-    let mut fed = Fed {
-        events: 0,
-        new_points: 0,
-    };
-    loop {
-        let (number, bytes) = match source
-            .fetch(true)
-            .with_context(|| format!("reading {name}"))?
-        {
-            Fetch::Record { number, bytes } => (number, bytes),
-            Fetch::Oversized { number, len } => {
-                bail!("{name}:{number}: record of {len} bytes exceeds the limit")
-            }
-            Fetch::Idle => continue,
-            Fetch::End => return Ok(fed),
-        };
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let mapped = parser
-            .parse(bytes, |record| match record {
-                Record::Aggregate { value } => value
-                    .parse::<Digest>()
-                    .map(|d| Some(Err(d)))
-                    .map_err(|e| format!("aggregate.value: {e}")),
-                Record::LogNotice { .. } => Ok(None),
-                Record::Event(view) => mapper
-                    .coefficient(&view)
-                    .map(|c| Some(Ok(c)))
-                    .map_err(|e| format!("{}: {e}", view.type_name)),
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        match mapped {
-            Err(message) => bail!("{name}:{number}: {message}"),
-            Ok(None) => {}
-            Ok(Some(Err(aggregate))) => {
-                model.set_aggregate(aggregate);
-            }
-            Ok(Some(Ok(coefficient))) => {
-                fed.events += 1;
-                fed.new_points += u64::from(model.update(coefficient, bytes).new_point);
-            }
-        }
-    }
 }
 
 fn digest_arg(name: &str, hex: &str) -> anyhow::Result<Digest> {
@@ -316,8 +253,8 @@ fn plural(n: u64) -> &'static str {
 }
 
 /// A bad line: reported, nothing written, exit status 1 (as `learn` does).
-fn bad_input(e: &anyhow::Error) -> anyhow::Result<ExitCode> {
-    eprintln!("{e:#}");
+fn bad_input(e: &FeedError) -> anyhow::Result<ExitCode> {
+    eprintln!("{e}");
     eprintln!("tsem-stream: no model written");
     Ok(ExitCode::from(1))
 }
@@ -326,39 +263,5 @@ fn bad_input(e: &anyhow::Error) -> anyhow::Result<ExitCode> {
 pub fn run(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ModelCommand::Rebuild(options) => rebuild(options),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn feeding_applies_aggregates_and_stops_at_a_bad_line() {
-        let mapper = Mapper::new(Profile::Quixote, Default::default());
-        let mut model = Model::new(Profile::Quixote);
-        let agg = "11".repeat(32);
-        let line = std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/document-events.jsonl"),
-        )
-        .unwrap();
-        let first = line.lines().next().unwrap();
-        let text = format!(
-            "{{\"export\": {{\"type\": \"aggregate\"}}, \"aggregate\": {{\"value\": \"{agg}\"}}}}\n\n{first}\n{first}\nnot json\n"
-        );
-        let mut source = lines_source(
-            &text
-                .lines()
-                .map(|l| l.as_bytes().to_vec())
-                .collect::<Vec<_>>(),
-            "mem".into(),
-        );
-        let err = feed(&mut model, &mapper, source.as_mut(), &mut Parser::default())
-            .err()
-            .unwrap();
-        assert!(err.to_string().starts_with("mem:5: "), "{err}");
-        assert_eq!(model.aggregate().unwrap().to_hex(), agg);
-        assert_eq!(model.events(), 2);
-        assert_eq!(model.points().len(), 1);
     }
 }
