@@ -83,8 +83,8 @@ pub use filter::Filter;
 pub use header::{record_info, RecordInfo};
 pub use index::IndexEntry;
 pub use parquet_file::{export_parquet, ExportStats};
-pub use reader::{Archive, Problem, VerifyReport};
-pub use source::{ArchiveSource, ArchiveTap};
+pub use reader::{Archive, Problem, Unsealed, UnsealedKind, VerifyReport};
+pub use source::{ArchiveSource, ArchiveTap, OpenSegmentPolicy};
 pub use writer::{ArchiveWriter, OpenReport, WriterOptions};
 
 /// The `parquet` crate this one writes with, for readers of exported files
@@ -126,6 +126,19 @@ pub enum ArchiveError {
         path: PathBuf,
         /// What is wrong.
         what: String,
+    },
+    /// The archive has records not sealed into its chain (an open segment)
+    /// and the reader was asked to refuse them
+    /// ([`OpenSegmentPolicy::Refuse`]).
+    #[error(
+        "{}: open segment with records from seq {first_seq} on, not sealed into the archive's chain",
+        path.display()
+    )]
+    Unsealed {
+        /// The open segment.
+        path: PathBuf,
+        /// Its first sequence number.
+        first_seq: u64,
     },
     /// The writer was already finished.
     #[error("the archive writer is finished")]
