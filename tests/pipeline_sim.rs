@@ -285,3 +285,77 @@ fn every_hostile_synchronous_line_is_answered_exactly_once() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// A synchronous record over the record limit (1 MiB) is answered exactly
+/// once from the header kept at its start: `trusted` while learning,
+/// `untrusted` under a sealed model. Its task would sleep forever otherwise
+/// (issue 14 row 1: `sim` must show `missing 0`).
+#[test]
+fn an_oversized_synchronous_record_is_answered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal: Vec<String> = lines(&conformance("events.jsonl"))
+        .into_iter()
+        .take(3)
+        .collect();
+    // A `ts` padded with spaces inside the event: the line stays within the
+    // simulator's own limit, and the export wrapper and pid/tnum it adds
+    // push the record over the TMA's limit.
+    let limit = tsem_ingest::DEFAULT_MAX_RECORD_LEN;
+    let base = &normal[0];
+    let at = base.find("\"ts\"").unwrap();
+    let pad = " ".repeat(limit - base.len() - 8);
+    let oversized = format!("{}\"ts\":{pad}{}", &base[..at], &base[at + 5..]);
+    assert!(oversized.len() <= limit && oversized.len() + 64 > limit);
+    let learned = dir.path().join("learned.jsonl");
+    std::fs::write(&learned, normal.join("\n") + "\n").unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mixed = [&normal[0], &oversized, &normal[1], &normal[2]];
+    std::fs::write(
+        &events,
+        mixed
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let model = dir.path().join("model");
+    let out = run(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        learned.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Learning: released as trusted.
+    let (report, run_out) = sim_and_run(&events, &["--on-error", "skip"], &[]);
+    let stderr = String::from_utf8_lossy(&run_out.stderr);
+    assert!(stderr.contains("exceeds the limit"), "{stderr}");
+    assert_eq!(report["sync_events"], 4, "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["verdicts"], 4, "{report}");
+    assert_eq!(report["trusted"], 4, "{report}");
+
+    // Sealed: refused (fail closed), the others trusted.
+    let (report, _) = sim_and_run(
+        &events,
+        &["--on-error", "skip", "-m", model.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["verdicts"], 4, "{report}");
+    assert_eq!(report["untrusted"], 1, "{report}");
+    assert_eq!(
+        report["untrusted_lines"],
+        serde_json::json!([2]),
+        "{report}"
+    );
+}

@@ -104,6 +104,104 @@ pub fn chain(
     h.finalize().into()
 }
 
+/// The magic number of the skippable zstd frame every segment starts with
+/// (zstd reserves 0x184D2A50..=0x184D2A5F for skippable frames, which
+/// decoders pass over: the records are unchanged).
+const HEADER_MAGIC: u32 = 0x184D_2A5A;
+/// The payload's first bytes.
+const HEADER_TAG: &[u8; 24] = b"tsem-archive segment v1\n";
+/// Bytes of a segment header: magic, payload length, tag, previous chain
+/// digest, first sequence number.
+pub const SEGMENT_HEADER_LEN: usize = 8 + 24 + 32 + 8;
+
+/// The header a writer puts at the start of a segment: where in the chain
+/// the segment was begun (the chain digest it continues and its first
+/// sequence number). A segment without an index entry (the open segment)
+/// is in no chain yet; its header lets the next writer and readers refuse
+/// one that was not begun at the archive's end (a stale copy, another
+/// archive's segment, one planted by hand) instead of sealing it.
+pub fn segment_header(previous: &[u8; 32], first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..4].copy_from_slice(&HEADER_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&((SEGMENT_HEADER_LEN - 8) as u32).to_le_bytes());
+    h[8..32].copy_from_slice(HEADER_TAG);
+    h[32..64].copy_from_slice(previous);
+    h[64..72].copy_from_slice(&first_seq.to_le_bytes());
+    h
+}
+
+/// What the start of a segment file says about where it was begun.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentStart {
+    /// A header: the chain digest it continues and its first sequence number.
+    Header {
+        /// The chain digest of the segment before it (zeros for the first).
+        previous: [u8; 32],
+        /// Its first sequence number.
+        first_seq: u64,
+    },
+    /// Fewer bytes than a header, all of them a header's (a writer stopped
+    /// right after creating the file): no records.
+    Partial,
+    /// No header (another program's file, or a writer older than headers).
+    Absent,
+}
+
+/// Reads the header at the start of a segment's bytes.
+pub fn segment_start(data: &[u8]) -> SegmentStart {
+    let magic = HEADER_MAGIC.to_le_bytes();
+    let fixed_len = ((SEGMENT_HEADER_LEN - 8) as u32).to_le_bytes();
+    let fixed: Vec<u8> = magic
+        .iter()
+        .chain(&fixed_len)
+        .chain(HEADER_TAG.iter())
+        .copied()
+        .collect();
+    if data.len() < SEGMENT_HEADER_LEN {
+        let n = data.len().min(fixed.len());
+        return if data[..n] == fixed[..n] {
+            SegmentStart::Partial
+        } else {
+            SegmentStart::Absent
+        };
+    }
+    if data[..fixed.len()] != fixed[..] {
+        return SegmentStart::Absent;
+    }
+    let mut previous = [0u8; 32];
+    previous.copy_from_slice(&data[32..64]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&data[64..72]);
+    SegmentStart::Header {
+        previous,
+        first_seq: u64::from_le_bytes(seq),
+    }
+}
+
+/// Why a segment without an index entry may not be sealed into the chain at
+/// `first_seq` after `previous`; `None` when its header says it was begun
+/// exactly there (or it holds no records yet).
+pub fn open_segment_mismatch(data: &[u8], previous: &[u8; 32], first_seq: u64) -> Option<String> {
+    match segment_start(data) {
+        SegmentStart::Partial => None,
+        SegmentStart::Absent => Some(
+            "it has no segment header: not begun by a writer of this archive at its end \
+             (planted, copied, or left by a writer older than segment headers)"
+                .to_owned(),
+        ),
+        SegmentStart::Header {
+            previous: p,
+            first_seq: f,
+        } if (p, f) != (*previous, first_seq) => Some(format!(
+            "its header says it continues chain {} at seq {f}, but the index ends at chain {} \
+             (next seq {first_seq}): it does not continue this archive",
+            tsem_ingest::hex::encode(&p),
+            tsem_ingest::hex::encode(previous)
+        )),
+        SegmentStart::Header { .. } => None,
+    }
+}
+
 /// Decodes a 64-character hex digest of the index.
 pub fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
     tsem_ingest::hex::decode_array(hex.as_bytes()).ok()
@@ -211,6 +309,25 @@ pub fn append_entry(index: &mut File, entry: &IndexEntry) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_header_says_where_the_segment_was_begun() {
+        let h = segment_header(&[7; 32], 42);
+        assert_eq!(
+            segment_start(&h),
+            SegmentStart::Header {
+                previous: [7; 32],
+                first_seq: 42
+            }
+        );
+        assert_eq!(segment_start(&h[..10]), SegmentStart::Partial);
+        assert_eq!(segment_start(b""), SegmentStart::Partial);
+        assert_eq!(segment_start(b"(\xb5/\xfd"), SegmentStart::Absent);
+        assert_eq!(open_segment_mismatch(&h, &[7; 32], 42), None);
+        assert!(open_segment_mismatch(&h, &[7; 32], 43).is_some());
+        assert!(open_segment_mismatch(&h, &[8; 32], 42).is_some());
+        assert!(open_segment_mismatch(b"(\xb5/\xfd....", &[7; 32], 42).is_some());
+    }
 
     #[test]
     fn segment_names_round_trip() {

@@ -8,8 +8,12 @@
 //! An archive is a directory (mode 0700; every file 0600):
 //!
 //! * `FORMAT`: `tsem-archive 1`, the marker and format version.
-//! * `seg-<first seq, 20 digits>.zst`: a segment, one zstd frame of records,
-//!   each followed by `\n`, byte for byte as received. Records are numbered
+//! * `seg-<first seq, 20 digits>.zst`: a segment: a skippable zstd frame
+//!   naming where in the chain it was begun (the previous segment's chain
+//!   digest and its first sequence number, [`index::segment_header`]), then
+//!   one zstd frame of records, each followed by `\n`, byte for byte as
+//!   received (segments of writers older than the header lack it; closed
+//!   ones are read all the same). Records are numbered
 //!   from 1 across the whole archive (the *sequence number*); a segment's
 //!   first number is in its name, the others follow by position. A segment is
 //!   closed when its records reach a size ([`WriterOptions::segment_bytes`],
@@ -43,12 +47,26 @@
 //!
 //! # Recovery
 //!
-//! A segment file without an index entry is the open segment. Readers read
-//! it up to its last complete record and say so; the next writer closes it:
+//! A segment file without an index entry is the open segment. No chain
+//! digest vouches for it, so its header must say that it was begun at the
+//! archive's end (after the last chain digest, at the next sequence number);
+//! otherwise (planted, copied, another archive's) it is damage: `verify`
+//! reports it, readers refuse it, and no writer seals it into the chain.
+//! Readers read it up to its last complete record and say so (or leave it
+//! out, or refuse the archive: [`OpenSegmentPolicy`]), and `verify` lists it
+//! with the recovered segments as *unsealed*; the next writer closes it:
 //! its complete records are rewritten into a complete segment (a torn last
 //! record is dropped), whose index entry is marked `recovered` with what was
 //! found, and sequence numbers continue after it. An incomplete last index
 //! line (a crash while closing) is cut off. Nothing is ever mixed silently.
+//!
+//! # Hostile segments
+//!
+//! Decoding is streamed with bounded memory: a record longer than
+//! [`reader::MAX_RECORD_LEN`], a closed segment that decodes to more than its
+//! index entry says, or an open one that expands more than
+//! [`reader::MAX_EXPANSION`] times its size stops decoding and is damage (a
+//! decompression bomb is never buffered).
 //!
 //! # Numbers
 //!
@@ -83,8 +101,8 @@ pub use filter::Filter;
 pub use header::{record_info, RecordInfo};
 pub use index::IndexEntry;
 pub use parquet_file::{export_parquet, ExportStats};
-pub use reader::{Archive, Problem, VerifyReport};
-pub use source::{ArchiveSource, ArchiveTap};
+pub use reader::{Archive, Problem, Unsealed, UnsealedKind, VerifyReport};
+pub use source::{ArchiveSource, ArchiveTap, OpenSegmentPolicy};
 pub use writer::{ArchiveWriter, OpenReport, WriterOptions};
 
 /// The `parquet` crate this one writes with, for readers of exported files
@@ -126,6 +144,19 @@ pub enum ArchiveError {
         path: PathBuf,
         /// What is wrong.
         what: String,
+    },
+    /// The archive has records not sealed into its chain (an open segment)
+    /// and the reader was asked to refuse them
+    /// ([`OpenSegmentPolicy::Refuse`]).
+    #[error(
+        "{}: open segment with records from seq {first_seq} on, not sealed into the archive's chain",
+        path.display()
+    )]
+    Unsealed {
+        /// The open segment.
+        path: PathBuf,
+        /// Its first sequence number.
+        first_seq: u64,
     },
     /// The writer was already finished.
     #[error("the archive writer is finished")]

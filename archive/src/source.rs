@@ -9,7 +9,7 @@ use tsem_ingest::{Fetch, LineTap, RecordSource, TapBatch};
 use crate::durable::DurableWriter;
 use crate::filter::Filter;
 use crate::header::record_info;
-use crate::index::digest_from_hex;
+use crate::index::{digest_from_hex, open_segment_mismatch};
 use crate::reader::{load_checked, Archive, SegmentLines};
 use crate::writer::WriterOptions;
 use crate::ArchiveError;
@@ -58,6 +58,24 @@ struct Current {
     seq: u64,
     name: String,
     closed: bool,
+}
+
+/// What an [`ArchiveSource`] does with the open segment: records a writer
+/// has appended (or a crashed writer left, or anyone planted) that are not
+/// sealed into the chain, so no index entry or chain digest vouches for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpenSegmentPolicy {
+    /// Read it after the closed segments, up to its last complete record
+    /// (`archive cat`, and what the source did before policies existed).
+    #[default]
+    Include,
+    /// Leave it out: only sealed records.
+    Exclude,
+    /// Refuse the archive while it has one
+    /// ([`ArchiveSource::with_open_segment`] fails with
+    /// [`ArchiveError::Unsealed`]): for models built from an archive, which
+    /// should rest on sealed records unless the caller says otherwise.
+    Refuse,
 }
 
 /// Archived records, in sequence order, as a pipeline source: the line number
@@ -113,6 +131,29 @@ impl ArchiveSource {
         self
     }
 
+    /// Applies `policy` to the open segment; with
+    /// [`OpenSegmentPolicy::Refuse`], an archive that has one (with records
+    /// or not: a writer may be appending) is refused before any record is read.
+    pub fn with_open_segment(
+        mut self,
+        policy: OpenSegmentPolicy,
+    ) -> Result<ArchiveSource, ArchiveError> {
+        match policy {
+            OpenSegmentPolicy::Include => self.include_open = true,
+            OpenSegmentPolicy::Exclude => self.include_open = false,
+            OpenSegmentPolicy::Refuse => {
+                if let Some(name) = self.archive.open_segment() {
+                    return Err(ArchiveError::Unsealed {
+                        path: self.archive.dir().join(name),
+                        first_seq: self.archive.open_segment_first_seq(),
+                    });
+                }
+                self.include_open = false;
+            }
+        }
+        Ok(self)
+    }
+
     /// The archive read.
     pub fn archive(&self) -> &Archive {
         &self.archive
@@ -140,8 +181,10 @@ impl ArchiveSource {
                     format!("{}: {what}", dir.join(&entry.segment).display()),
                 )
             })?;
+            // Decoding more than the index says is damage, found before
+            // a bomb's output is buffered.
             self.current = Some(Current {
-                lines: SegmentLines::new(data)?,
+                lines: SegmentLines::new(data)?.with_max_bytes(entry.bytes),
                 seq: entry.first_seq,
                 name: entry.segment.clone(),
                 closed: true,
@@ -158,6 +201,21 @@ impl ArchiveSource {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                     Err(e) => return Err(e),
                 };
+                let previous = self
+                    .archive
+                    .entries()
+                    .last()
+                    .and_then(|e| digest_from_hex(&e.chain))
+                    .unwrap_or_default();
+                // A segment not begun at the archive's end (planted, copied)
+                // is not its tail: never hand out its records.
+                let first = self.archive.open_segment_first_seq();
+                if let Some(what) = open_segment_mismatch(&data, &previous, first) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: open segment: {what}", path.display()),
+                    ));
+                }
                 self.current = Some(Current {
                     lines: SegmentLines::new(data)?,
                     seq: self.archive.open_segment_first_seq(),
@@ -188,7 +246,14 @@ impl RecordSource for ArchiveSource {
                 }
                 continue;
             }
-            if let (true, Some(torn)) = (cur.closed, cur.lines.torn()) {
+            // A closed segment must decode whole; the open one may end in
+            // a torn record (a writer is appending or crashed), but never
+            // past a limit.
+            let torn = cur
+                .lines
+                .torn()
+                .filter(|t| cur.closed || t.over_limit.is_some());
+            if let Some(torn) = torn {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{}/{}: {torn}", self.name, cur.name),
@@ -292,5 +357,47 @@ mod tests {
         let mut s = ArchiveSource::open(dir.path(), 1 << 20).unwrap();
         let err = s.fetch(true).unwrap_err();
         assert!(err.to_string().contains("content digest"), "{err}");
+    }
+
+    #[test]
+    fn an_open_segment_is_refused_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArchiveWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        w.append(b"{}").unwrap();
+        w.close_segment().unwrap();
+        w.append(b"{\"unsealed\": 1}").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let open = || ArchiveSource::open(dir.path(), 1 << 20).unwrap();
+        match open().with_open_segment(OpenSegmentPolicy::Refuse) {
+            Err(ArchiveError::Unsealed { first_seq: 2, .. }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an archive with an open segment was accepted"),
+        }
+        let mut sealed = open()
+            .with_open_segment(OpenSegmentPolicy::Exclude)
+            .unwrap();
+        assert_eq!(lines_of(&mut sealed).len(), 1);
+        let mut all = open()
+            .with_open_segment(OpenSegmentPolicy::Include)
+            .unwrap();
+        assert_eq!(lines_of(&mut all).len(), 2);
+    }
+
+    #[test]
+    fn a_planted_open_segment_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArchiveWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        w.append(b"{}").unwrap();
+        w.finish().unwrap();
+        let planted = zstd::encode_all(&b"{\"injected\": 1}\n"[..], 3).unwrap();
+        std::fs::write(dir.path().join(crate::index::segment_name(2)), planted).unwrap();
+        let mut s = ArchiveSource::open(dir.path(), 1 << 20).unwrap();
+        assert!(matches!(
+            s.fetch(true).unwrap(),
+            Fetch::Record { number: 1, .. }
+        ));
+        let err = s.fetch(true).unwrap_err();
+        assert!(err.to_string().contains("no segment header"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! and the recovery of a segment left open by a writer that did not finish.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,9 +13,11 @@ use tsem_durable::{
 };
 
 use crate::index::{
-    append_entry, chain, digest_from_hex, parse_segment_name, read_index, segment_name, IndexEntry,
-    Recovery, SegmentStats, FORMAT_FILE, FORMAT_TEXT, INDEX_FILE, LOCK_FILE,
+    append_entry, chain, digest_from_hex, open_segment_mismatch, parse_segment_name, read_index,
+    segment_header, segment_name, IndexEntry, Recovery, SegmentStats, FORMAT_FILE, FORMAT_TEXT,
+    INDEX_FILE, LOCK_FILE,
 };
+use crate::reader::SegmentLines;
 use crate::ArchiveError;
 
 /// How a writer compresses, rotates and syncs.
@@ -70,16 +72,16 @@ impl Write for HashingFile {
 
 type SegmentEncoder = zstd::stream::write::Encoder<'static, HashingFile>;
 
-/// A compressor writing (and hashing) a new segment file.
-fn new_encoder(file: File, level: i32) -> io::Result<SegmentEncoder> {
-    let mut encoder = zstd::stream::write::Encoder::new(
-        HashingFile {
-            file,
-            hasher: Sha256::new(),
-            len: 0,
-        },
-        level,
-    )?;
+/// A compressor writing (and hashing) a new segment file, which starts with
+/// `header` (see [`segment_header`]).
+fn new_encoder(file: File, level: i32, header: &[u8]) -> io::Result<SegmentEncoder> {
+    let mut hashing = HashingFile {
+        file,
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    hashing.write_all(header)?;
+    let mut encoder = zstd::stream::write::Encoder::new(hashing, level)?;
     // zstd's content checksum lets a reader tell a damaged open segment
     // (which has no digest in the index yet) from a valid one.
     encoder.include_checksum(true)?;
@@ -342,32 +344,43 @@ impl ArchiveWriter {
     fn recover(&mut self, name: &str) -> Result<(), ArchiveError> {
         let path = self.dir.join(name);
         let data = fs::read(&path).map_err(io_at(&path))?;
-        let decoder = zstd::stream::read::Decoder::with_buffer(io::Cursor::new(data.as_slice()))
-            .map_err(io_at(&path))?;
-        let mut lines = BufReader::with_capacity(1 << 16, decoder);
+        let damaged = |what: String| {
+            ArchiveError::Damaged {
+            path: path.clone(),
+            what: format!("open segment {name}: {what}; it was not sealed into the chain (check it, then move it out of the archive)"),
+        }
+        };
+        // Only a segment begun at the archive's end is this archive's tail:
+        // sealing anything else would fold foreign records into the chain.
+        if let Some(what) = open_segment_mismatch(&data, &self.chain, self.next_seq) {
+            return Err(damaged(what));
+        }
+        // Bounded decoding: a decompression bomb is refused, never buffered.
+        let mut lines = SegmentLines::new(data.as_slice()).map_err(io_at(&path))?;
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let file = create_private(&tmp).map_err(io_at(&tmp))?;
-        let mut encoder = new_encoder(file, self.options.level).map_err(io_at(&tmp))?;
+        let header = segment_header(&self.chain, self.next_seq);
+        let mut encoder = new_encoder(file, self.options.level, &header).map_err(io_at(&tmp))?;
         let mut stats = SegmentStats::default();
-        let mut line = Vec::new();
-        let mut dropped = 0u64;
-        let reason = loop {
-            line.clear();
-            match lines.read_until(b'\n', &mut line) {
-                Ok(0) => break "complete segment without an index entry".to_owned(),
-                Ok(_) if line.last() == Some(&b'\n') => {
-                    encoder.write_all(&line).map_err(io_at(&tmp))?;
-                    stats.add(&line[..line.len() - 1]);
-                }
-                Ok(n) => {
-                    dropped = n as u64;
-                    break "the stream ends inside a record".to_owned();
-                }
-                Err(e) => {
-                    dropped = line.len() as u64;
-                    break format!("the stream ends early ({e})");
-                }
+        while let Some(line) = lines.next_line() {
+            encoder.write_all(line).map_err(io_at(&tmp))?;
+            encoder.write_all(b"\n").map_err(io_at(&tmp))?;
+            stats.add(line);
+        }
+        let (reason, dropped) = match lines.torn() {
+            None => ("complete segment without an index entry".to_owned(), 0),
+            Some(torn) if torn.over_limit.is_some() => {
+                drop(encoder);
+                let _ = fs::remove_file(&tmp);
+                return Err(damaged(torn.to_string()));
             }
+            Some(torn) => (
+                match &torn.error {
+                    None => "the stream ends inside a record".to_owned(),
+                    Some(e) => format!("the stream ends early ({e})"),
+                },
+                torn.dropped_bytes,
+            ),
         };
         let hashing = encoder.finish().map_err(io_at(&tmp))?;
         if stats.records == 0 {
@@ -440,7 +453,8 @@ impl ArchiveWriter {
         let name = segment_name(self.next_seq);
         let path = self.dir.join(&name);
         let file = create_private(&path).map_err(io_at(&path))?;
-        let encoder = new_encoder(file, self.options.level).map_err(io_at(&path))?;
+        let header = segment_header(&self.chain, self.next_seq);
+        let encoder = new_encoder(file, self.options.level, &header).map_err(io_at(&path))?;
         self.open = Some(OpenSegment {
             name,
             path,
@@ -660,5 +674,74 @@ mod tests {
         w.finish().unwrap();
         let a = Archive::open(dir.path()).unwrap();
         assert!(a.verify(None).unwrap().problems.is_empty());
+    }
+
+    /// An archive whose writer stopped uncleanly with records 3..=4 in the
+    /// open segment (1..=2 sealed).
+    fn crashed(dir: &Path) {
+        let mut w = ArchiveWriter::open(dir, WriterOptions::default()).unwrap();
+        w.append(&record(1)).unwrap();
+        w.append(&record(2)).unwrap();
+        w.close_segment().unwrap();
+        w.append(&record(3)).unwrap();
+        w.append(&record(4)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+    }
+
+    fn index_text(dir: &Path) -> String {
+        fs::read_to_string(dir.join(INDEX_FILE)).unwrap()
+    }
+
+    #[test]
+    fn a_planted_open_segment_is_refused_not_sealed() {
+        // Records compressed by anyone else: no header says where they belong.
+        let dir = tempfile::tempdir().unwrap();
+        crashed(dir.path());
+        let open = dir.path().join(segment_name(3));
+        let planted = zstd::encode_all(&b"{\"injected\": 1}\n"[..], 3).unwrap();
+        fs::write(&open, &planted).unwrap();
+        let before = index_text(dir.path());
+        match ArchiveWriter::open(dir.path(), WriterOptions::default()) {
+            Err(ArchiveError::Damaged { what, .. }) => {
+                assert!(what.contains("no segment header"), "{what}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("the planted segment was sealed"),
+        }
+        assert_eq!(index_text(dir.path()), before);
+        assert_eq!(fs::read(&open).unwrap(), planted);
+    }
+
+    #[test]
+    fn an_open_segment_begun_elsewhere_in_the_chain_is_refused() {
+        // A real segment of this archive, copied to where the open one goes:
+        // its header names the start of the chain, not its end.
+        let dir = tempfile::tempdir().unwrap();
+        crashed(dir.path());
+        let open = dir.path().join(segment_name(3));
+        fs::copy(dir.path().join(segment_name(1)), &open).unwrap();
+        let before = index_text(dir.path());
+        match ArchiveWriter::open(dir.path(), WriterOptions::default()) {
+            Err(ArchiveError::Damaged { what, .. }) => {
+                assert!(what.contains("does not continue this archive"), "{what}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("the copied segment was sealed"),
+        }
+        assert_eq!(index_text(dir.path()), before);
+    }
+
+    #[test]
+    fn the_open_segment_of_a_crashed_writer_is_still_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        crashed(dir.path());
+        let w = ArchiveWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        let rec = w.open_report().recovered.clone().unwrap();
+        assert_eq!((rec.first_seq, rec.last_seq), (3, 4));
+        w.finish().unwrap();
+        let report = Archive::open(dir.path()).unwrap().verify(None).unwrap();
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(report.unsealed.len(), 1, "{report:?}");
     }
 }

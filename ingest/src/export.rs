@@ -30,6 +30,8 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::source::OVERSIZED_HEAD_LEN;
+
 /// First size of the read buffer. Kernel records are a few hundred bytes to
 /// a few KiB, so one read normally takes a whole record; the buffer grows
 /// (up to the record limit) only for longer ones.
@@ -170,6 +172,10 @@ pub(crate) struct Framer {
     max_len: usize,
     /// Bytes seen so far of an oversized line being skipped.
     skipping: Option<usize>,
+    /// The first bytes of the last oversized line (at most
+    /// [`OVERSIZED_HEAD_LEN`]): its header names the task that waits for a
+    /// verdict, so it must survive the skipping of the rest.
+    head: Vec<u8>,
 }
 
 impl Framer {
@@ -183,7 +189,22 @@ impl Framer {
             scanned: 0,
             max_len,
             skipping: None,
+            head: Vec::new(),
         }
+    }
+
+    /// Keeps the first bytes of an oversized line starting at `buf[start]`
+    /// (the rest is dropped unseen).
+    fn keep_head(&mut self, start: usize, end: usize) {
+        let end = end.min(start.saturating_add(OVERSIZED_HEAD_LEN));
+        self.head.clear();
+        self.head.extend_from_slice(&self.buf[start..end]);
+    }
+
+    /// The first bytes of the oversized line returned last (see
+    /// [`crate::RecordSource::oversized_head`]).
+    pub(crate) fn oversized_head(&self) -> &[u8] {
+        &self.head
     }
 
     /// True at a line boundary: nothing of an unfinished line is held.
@@ -226,6 +247,7 @@ impl Framer {
                 if e - s > self.max_len {
                     // Possible only when the buffer held more than the limit
                     // (it never grows past it, but it may start larger).
+                    self.keep_head(s, e);
                     Frame::Oversized(e - s)
                 } else {
                     Frame::Line(s, e)
@@ -235,7 +257,9 @@ impl Framer {
                 self.scanned = self.end;
                 let held = self.end - self.start;
                 if held > self.max_len {
-                    // Already longer than any record may be: stop keeping it.
+                    // Already longer than any record may be: stop keeping it
+                    // (but for its head).
+                    self.keep_head(self.start, self.end);
                     self.skipping = Some(held);
                     self.clear_bytes();
                 }
@@ -258,6 +282,7 @@ impl Framer {
         self.start = e;
         self.scanned = e;
         Some(if e - s > self.max_len {
+            self.keep_head(s, e);
             Frame::Oversized(e - s)
         } else {
             Frame::Line(s, e)
@@ -397,6 +422,13 @@ impl<I: ExportIo> ExportReader<I> {
     /// The underlying file.
     pub fn get_ref(&self) -> &I {
         &self.io
+    }
+
+    /// The first bytes (at most [`OVERSIZED_HEAD_LEN`]) of the record last
+    /// returned as [`Next::Oversized`], so that its header can still name
+    /// the task that waits for a verdict.
+    pub fn oversized_head(&self) -> &[u8] {
+        self.framer.oversized_head()
     }
 
     /// The next record, waiting at most `timeout` for one to arrive (`None`:
@@ -739,6 +771,40 @@ mod tests {
         );
         assert_eq!(f.take_rest(), Some(Frame::Line(0, 4)));
         assert_eq!(f.take_rest(), None);
+    }
+
+    #[test]
+    fn framer_keeps_the_head_of_an_oversized_line() {
+        // The header that names a waiting task is at the start of a record:
+        // those bytes survive the skipping of the rest, memory stays bounded.
+        let mut f = Framer::new(10_000);
+        let mut long: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        long.push(b'\n');
+        long.extend_from_slice(b"next\n");
+        let mut data = &long[..];
+        let mut got = Vec::new();
+        while !data.is_empty() {
+            let spare = f.spare();
+            let n = spare.len().min(data.len()).min(3000);
+            spare[..n].copy_from_slice(&data[..n]);
+            f.filled(n);
+            data = &data[n..];
+            loop {
+                match f.frame() {
+                    Frame::Line(s, e) => got.push(Ok(f.slice(s, e).to_vec())),
+                    Frame::Oversized(n) => got.push(Err((n, f.oversized_head().to_vec()))),
+                    Frame::NeedMore => break,
+                }
+            }
+            assert!(f.buf.len() <= 10_001);
+        }
+        assert_eq!(
+            got,
+            vec![
+                Err((50_000, long[..OVERSIZED_HEAD_LEN].to_vec())),
+                Ok(b"next".to_vec())
+            ]
+        );
     }
 
     fn fifo_pair(dir: &Path) -> std::path::PathBuf {

@@ -80,6 +80,12 @@ impl FollowReader {
         self.line
     }
 
+    /// The first bytes (at most [`crate::OVERSIZED_HEAD_LEN`]) of the line
+    /// last returned as [`Next::Oversized`].
+    pub fn oversized_head(&self) -> &[u8] {
+        self.framer.oversized_head()
+    }
+
     /// System-call counts so far (`polls` counts size checks).
     pub fn stats(&self) -> ReadStats {
         self.stats

@@ -25,7 +25,7 @@ pub use record::{
 };
 pub use source::{
     for_each_record, open_path, Fetch, MappedFile, MemorySource, Oversized, RecordSource,
-    StreamSource, TimedReader, TimedSource,
+    StreamSource, TimedReader, TimedSource, OVERSIZED_HEAD_LEN,
 };
 pub use tap::{LineTap, TapBatch, TeeTap};
 pub use task::{Serial, Task};

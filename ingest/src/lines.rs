@@ -6,6 +6,8 @@
 
 use std::io::{self, Read};
 
+use crate::source::OVERSIZED_HEAD_LEN;
+
 /// Splits an in-memory buffer (for example a memory-mapped file) into lines.
 #[derive(Clone, Debug)]
 pub struct Lines<'a> {
@@ -88,6 +90,12 @@ impl<R: Read> LineReader<R> {
         memchr::memchr(b'\n', &self.buf[self.start..self.end]).is_some()
     }
 
+    /// The first bytes (at most [`OVERSIZED_HEAD_LEN`]) of the line last
+    /// returned as [`Line::TooLong`].
+    pub fn oversized_head(&self) -> &[u8] {
+        &self.line
+    }
+
     /// The underlying stream (e.g. to poll its file descriptor).
     pub fn get_ref(&self) -> &R {
         &self.inner
@@ -129,9 +137,13 @@ impl<R: Read> LineReader<R> {
                 Some(i) => (&chunk[..i], Some(i)),
                 None => (chunk, None),
             };
-            if len + part.len() <= self.max_len {
-                self.line.extend_from_slice(part);
-            }
+            // Keep up to the limit (or, for a short limit, the head an
+            // oversized line is still answered by): never more.
+            let room = self
+                .max_len
+                .max(OVERSIZED_HEAD_LEN)
+                .saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
             len += part.len();
             match found {
                 Some(i) => {
@@ -151,7 +163,7 @@ impl<R: Read> LineReader<R> {
     fn finish(&mut self, len: usize) -> Line<'_> {
         self.number += 1;
         if len > self.max_len {
-            self.line.clear();
+            self.line.truncate(OVERSIZED_HEAD_LEN);
             Line::TooLong(len)
         } else {
             Line::Text(&self.line)
@@ -188,6 +200,19 @@ mod tests {
         assert_eq!(r.next_line().unwrap(), Some(Line::Text(b"last")));
         assert_eq!(r.line_number(), 4);
         assert_eq!(r.next_line().unwrap(), None);
+    }
+
+    #[test]
+    fn reader_keeps_the_head_of_a_too_long_line() {
+        let long: String = "y".repeat(3 * OVERSIZED_HEAD_LEN);
+        let data = format!("{long}\nok\n");
+        let mut r = LineReader::new(data.as_bytes(), OVERSIZED_HEAD_LEN + 1);
+        assert_eq!(
+            r.next_line().unwrap(),
+            Some(Line::TooLong(3 * OVERSIZED_HEAD_LEN))
+        );
+        assert_eq!(r.oversized_head(), &long.as_bytes()[..OVERSIZED_HEAD_LEN]);
+        assert_eq!(r.next_line().unwrap(), Some(Line::Text(b"ok")));
     }
 
     #[test]

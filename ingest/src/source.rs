@@ -19,6 +19,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::export::Next;
 use crate::lines::{Line, LineReader};
 
+/// How many leading bytes of an oversized record a source keeps (see
+/// [`RecordSource::oversized_head`]). The kernel writes the export wrapper
+/// and the `pid`/`tnum`/`context`/`number` of `event{}` first, in well under
+/// 200 bytes (kernel-interface.md K4.1, K4.2); 4 KiB leaves room for any
+/// spacing while staying small next to the batch arenas.
+pub const OVERSIZED_HEAD_LEN: usize = 4096;
+
 /// A line that is too long to be a record (its bytes were not kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Oversized(pub usize);
@@ -53,6 +60,16 @@ pub trait RecordSource: Send {
     fn fetch(&mut self, wait: bool) -> io::Result<Fetch<'_>>;
     /// The name used in messages (`FILE:LINE: …`).
     fn name(&self) -> &str;
+    /// The first bytes (at most [`OVERSIZED_HEAD_LEN`]) of the record last
+    /// returned as [`Fetch::Oversized`]; empty when the source kept none.
+    ///
+    /// An oversized synchronous event still has a task sleeping until it is
+    /// answered: its header, at the start of the line, names that task
+    /// (`lenient::scan_header`), so sources keep these bytes of a line whose
+    /// rest they drop. Only valid until the next `fetch`.
+    fn oversized_head(&self) -> &[u8] {
+        &[]
+    }
     /// Total bytes, when known in advance (for a progress bar).
     fn size_hint(&self) -> Option<u64> {
         None
@@ -71,6 +88,9 @@ struct SliceCursor {
     pos: usize,
     number: u64,
     max_len: usize,
+    /// Where the last oversized line starts and how many of its first bytes
+    /// are its head.
+    oversized: (usize, usize),
 }
 
 impl SliceCursor {
@@ -79,7 +99,14 @@ impl SliceCursor {
             pos: 0,
             number: 0,
             max_len,
+            oversized: (0, 0),
         }
+    }
+
+    /// The head of the last oversized line of `data`.
+    fn oversized_head<'a>(&self, data: &'a [u8]) -> &'a [u8] {
+        let (start, len) = self.oversized;
+        data.get(start..start + len).unwrap_or(&[])
     }
 
     /// The line of `data` at the cursor; the last line needs no `\n`.
@@ -92,9 +119,11 @@ impl SliceCursor {
             Some(i) => (&rest[..i], i + 1),
             None => (rest, rest.len()),
         };
+        let start = self.pos;
         self.pos += advance;
         self.number += 1;
         if line.len() > self.max_len {
+            self.oversized = (start, line.len().min(OVERSIZED_HEAD_LEN));
             return Fetch::Oversized {
                 number: self.number,
                 len: line.len(),
@@ -138,6 +167,11 @@ impl RecordSource for MappedFile {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn oversized_head(&self) -> &[u8] {
+        self.cursor
+            .oversized_head(self.map.as_deref().unwrap_or(&[]))
     }
 }
 
@@ -187,6 +221,10 @@ impl<R: Read + AsFd + Send> RecordSource for StreamSource<R> {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn oversized_head(&self) -> &[u8] {
+        self.reader.oversized_head()
+    }
 }
 
 /// Opens a path as a source: `-` is stdin, regular files are mapped, anything
@@ -233,6 +271,10 @@ impl RecordSource for MemorySource {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn oversized_head(&self) -> &[u8] {
+        self.cursor.oversized_head(&self.data)
+    }
 }
 
 /// Calls `f` with each record's number and bytes (or [`Oversized`]) until the
@@ -273,17 +315,30 @@ const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 pub trait TimedReader: Send {
     /// The next record, waiting at most `timeout` (`None`: block).
     fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>>;
+    /// The first bytes of the record last returned as [`Next::Oversized`]
+    /// (see [`RecordSource::oversized_head`]).
+    fn oversized_head(&self) -> &[u8] {
+        &[]
+    }
 }
 
 impl TimedReader for crate::export::ExportReader {
     fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>> {
         self.next_record(timeout)
     }
+
+    fn oversized_head(&self) -> &[u8] {
+        crate::export::ExportReader::oversized_head(self)
+    }
 }
 
 impl TimedReader for crate::follow::FollowReader {
     fn next_timed(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Next<'_>> {
         self.next_record(timeout)
+    }
+
+    fn oversized_head(&self) -> &[u8] {
+        crate::follow::FollowReader::oversized_head(self)
     }
 }
 
@@ -352,5 +407,34 @@ impl<R: TimedReader> RecordSource for TimedSource<R> {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn oversized_head(&self) -> &[u8] {
+        self.reader.oversized_head()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_source_keeps_the_head_of_an_oversized_line() {
+        let mut data = b"{\"export\": {\"type\": \"event\"}, ".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 2 * OVERSIZED_HEAD_LEN));
+        data.extend_from_slice(b"\nshort\n");
+        let mut s = MemorySource::new(data.clone(), OVERSIZED_HEAD_LEN, "m");
+        assert_eq!(
+            s.fetch(true).unwrap(),
+            Fetch::Oversized {
+                number: 1,
+                len: data.len() - 7
+            }
+        );
+        assert_eq!(s.oversized_head(), &data[..OVERSIZED_HEAD_LEN]);
+        assert!(matches!(
+            s.fetch(true).unwrap(),
+            Fetch::Record { number: 2, .. }
+        ));
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use tsem_ingest::{
-    ExportKind, Fetch, LineTap, Parser, RecordSource, Serial, TapBatch, DEFAULT_MAX_RECORD_LEN,
+    lenient, ExportKind, Fetch, LineTap, Parser, RecordSource, Serial, TapBatch,
+    DEFAULT_MAX_RECORD_LEN,
 };
 use tsem_model::views::View;
 use tsem_model::{map_line, Coefficient, Mapped, Mapper, Observer};
@@ -226,7 +227,7 @@ impl Batch {
         self.results.clear();
     }
     /// Adds a record read now (`oversized > 0`: one whose bytes were
-    /// dropped, of that length).
+    /// dropped, of that length, but for the head in `bytes`).
     fn push(&mut self, number: u64, bytes: &[u8], oversized: usize) {
         let read_at = Instant::now();
         if self.lines.is_empty() {
@@ -714,9 +715,12 @@ fn read_loop(
         };
         let wait = unmapped == 0;
         let fetched = source.fetch(wait)?;
+        let idle = matches!(fetched, Fetch::Idle);
         match fetched {
             Fetch::Record { number, bytes } => batch.push(number, bytes, 0),
-            Fetch::Oversized { number, len } => batch.push(number, &[], len),
+            // Only the head of an oversized record is kept: enough for the
+            // lenient header scan to find the task that waits for a verdict.
+            Fetch::Oversized { number, len } => batch.push(number, source.oversized_head(), len),
             Fetch::Idle => {}
             Fetch::End => {
                 if !batch.lines.is_empty() {
@@ -732,7 +736,6 @@ fn read_loop(
         }
         let full =
             batch.lines.len() >= options.batch_lines || batch.data.len() >= options.batch_bytes;
-        let idle = matches!(fetched, Fetch::Idle);
         if batch.lines.is_empty() || !(full || idle) {
             continue;
         }
@@ -798,14 +801,19 @@ impl MapStage {
         let first = results.len();
         for l in &lines[first..] {
             let mapped = if l.oversized > 0 {
+                // Too long to parse, but a synchronous event's task still
+                // sleeps until answered: its header (kept by the source)
+                // names it, and `answer` releases it like any bad line.
+                let head =
+                    lenient::scan_header(&data[l.start as usize..(l.start + l.len) as usize]);
                 Mapped::Error {
                     message: format!(
                         "record of {} bytes exceeds the limit of {max_len} bytes",
                         l.oversized
                     ),
-                    kind: None,
-                    task: None,
-                    serial: None,
+                    kind: head.kind,
+                    task: head.task(),
+                    serial: head.serial(),
                 }
             } else {
                 map_line(
@@ -925,7 +933,13 @@ fn sequence_stage(
             next += 1;
             let t0 = Instant::now();
             for (l, mapped) in batch.lines.iter().zip(&batch.results) {
-                let bytes = batch.line(l);
+                // An oversized line's kept head served its verdict only; it
+                // is not the record, so observers see no bytes (as taps).
+                let bytes = if l.oversized > 0 {
+                    &[][..]
+                } else {
+                    batch.line(l)
+                };
                 if let Mapped::Event {
                     serial: Some(serial),
                     ..

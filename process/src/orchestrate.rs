@@ -1432,6 +1432,10 @@ impl<R: TimedReader> RecordSource for WorkloadSource<R> {
     fn name(&self) -> &str {
         &self.name
     }
+    fn oversized_head(&self) -> &[u8] {
+        // An oversized synchronous event is still answered from its header.
+        self.reader.oversized_head()
+    }
 }
 
 #[cfg(test)]

@@ -41,12 +41,22 @@ pub enum ArchiveCommand {
         json: bool,
     },
     /// Check every segment and the chain; exit 1 when the archive is damaged.
+    ///
+    /// Records the chain does not vouch for as written are listed as
+    /// `unsealed:` lines: the open segment, segments a later writer sealed
+    /// after an unclean stop (`recovered`), and, with --head, everything after
+    /// that head. They are not damage (a running or crashed writer leaves
+    /// them) unless --strict is given.
     Verify {
         /// Archive directory.
         dir: PathBuf,
         /// The chain head the archive must end with (from an earlier `ls` or `verify`).
         #[arg(long, value_name = "HEX")]
         head: Option<String>,
+        /// Also exit 1 when any record is unsealed (see above): for an
+        /// archive no writer has open, checked against a head kept elsewhere.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the matching records verbatim, in order.
     Cat {
@@ -198,7 +208,7 @@ pub fn run(args: &ArchiveArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ArchiveCommand::Write(w) => write(w),
         ArchiveCommand::Ls { dir, json } => ls(dir, *json),
-        ArchiveCommand::Verify { dir, head } => verify(dir, head.as_deref()),
+        ArchiveCommand::Verify { dir, head, strict } => verify(dir, head.as_deref(), *strict),
         ArchiveCommand::Cat { dir, filter } => cat(dir, filter),
         ArchiveCommand::Export {
             dir,
@@ -355,7 +365,7 @@ fn ls(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(dir: &Path, head: Option<&str>) -> anyhow::Result<ExitCode> {
+fn verify(dir: &Path, head: Option<&str>, strict: bool) -> anyhow::Result<ExitCode> {
     let archive = open_archive(dir)?;
     let report = archive
         .verify(head)
@@ -363,17 +373,36 @@ fn verify(dir: &Path, head: Option<&str>) -> anyhow::Result<ExitCode> {
     for note in &report.notes {
         println!("note: {note}");
     }
+    for u in &report.unsealed {
+        println!("unsealed: {}", dir.join(u.to_string()).display());
+    }
     for p in &report.problems {
         println!("damaged: {}: {}", dir.join(&p.place).display(), p.what);
     }
-    if report.problems.is_empty() {
+    let unsealed: u64 = report.unsealed.iter().map(|u| u.records).sum();
+    // Unsealed records are not damage (a running or crashed writer leaves
+    // them): they fail only under --strict.
+    let strictly_failed = strict && !report.is_strictly_sealed();
+    if report.problems.is_empty() && !strictly_failed {
         println!(
-            "ok: {} segments, {} records, chain head {}",
+            "ok: {} segments, {} records, chain head {}{}",
             report.segments,
             report.records,
-            report.head.as_deref().unwrap_or("-")
+            report.head.as_deref().unwrap_or("-"),
+            if report.unsealed.is_empty() {
+                String::new()
+            } else {
+                format!("; {unsealed} records unsealed (see above; --strict fails on them)")
+            }
         );
         Ok(ExitCode::SUCCESS)
+    } else if report.problems.is_empty() {
+        println!(
+            "{}: {unsealed} unsealed records in {} segments (--strict)",
+            dir.display(),
+            report.unsealed.len()
+        );
+        Ok(ExitCode::from(1))
     } else {
         println!(
             "{}: {} problem(s) in {} segments",
