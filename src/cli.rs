@@ -162,3 +162,27 @@ pub struct OutputArgs {
     #[arg(long, value_enum)]
     pub summary: Option<SummaryFormat>,
 }
+
+/// What to do with an archive's open segment (records not yet sealed into
+/// its chain) when a model is built from the archive: refused unless said.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct UnsealedArgs {
+    /// Leave out an archive's open segment (only records sealed into its chain).
+    #[arg(long, conflicts_with = "include_unsealed")]
+    pub sealed_only: bool,
+    /// Read an archive's open segment too (records no chain vouches for yet).
+    #[arg(long)]
+    pub include_unsealed: bool,
+}
+
+impl UnsealedArgs {
+    /// The policy: refuse an open segment unless told to leave it out or read it.
+    pub fn policy(self) -> tsem_archive::OpenSegmentPolicy {
+        use tsem_archive::OpenSegmentPolicy;
+        match (self.sealed_only, self.include_unsealed) {
+            (true, _) => OpenSegmentPolicy::Exclude,
+            (false, true) => OpenSegmentPolicy::Include,
+            (false, false) => OpenSegmentPolicy::Refuse,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tsem_archive::{Archive, ArchiveSource};
+use tsem_archive::{Archive, ArchiveError, ArchiveSource, OpenSegmentPolicy};
 use tsem_ingest::{open_path, MemorySource, RecordSource, DEFAULT_MAX_RECORD_LEN};
 use tsem_store::ModelStore;
 
@@ -33,15 +33,17 @@ pub enum Input {
     Nats(String),
 }
 
-/// How an archive's records are read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OpenSegment {
-    /// The records of the open segment too (said on stderr).
-    #[default]
-    Included,
-    /// Only the records sealed into the chain.
-    Excluded,
+/// An error that is the input's fault (exit status 1), not a failure.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
+
+impl std::error::Error for BadInput {}
 
 impl Input {
     /// Tells what `path` is: `-` is stdin and `nats://…` a stream; a
@@ -107,7 +109,13 @@ impl Input {
 
     /// The records of an input that holds records: events, stdin, an
     /// archive, the bundled example.
-    pub fn records(&self, open_segment: OpenSegment) -> anyhow::Result<Box<dyn RecordSource>> {
+    ///
+    /// An archive's open segment (records not yet sealed into its chain) is
+    /// read, left out or refused as `open_segment` says.
+    pub fn records(
+        &self,
+        open_segment: OpenSegmentPolicy,
+    ) -> anyhow::Result<Box<dyn RecordSource>> {
         match self {
             Input::Bundled => Ok(Box::new(MemorySource::new(
                 BUNDLED_EXAMPLE.to_vec(),
@@ -122,16 +130,24 @@ impl Input {
             Input::Archive(path) => {
                 let archive =
                     Archive::open(path).with_context(|| format!("archive {}", path.display()))?;
-                let sealed_only = open_segment == OpenSegment::Excluded;
-                if let (Some(name), false) = (archive.open_segment(), sealed_only) {
+                if let (Some(name), OpenSegmentPolicy::Include) =
+                    (archive.open_segment(), open_segment)
+                {
                     eprintln!(
-                        "tsem-stream: {}: replaying the open segment {name} too (records not yet sealed into the chain)",
+                        "tsem-stream: {}: reading the open segment {name} too (records not yet sealed into the chain)",
                         path.display()
                     );
                 }
-                Ok(Box::new(
-                    ArchiveSource::new(archive, DEFAULT_MAX_RECORD_LEN).sealed_only(sealed_only),
-                ))
+                match ArchiveSource::new(archive, DEFAULT_MAX_RECORD_LEN)
+                    .with_open_segment(open_segment)
+                {
+                    Ok(source) => Ok(Box::new(source)),
+                    Err(e @ ArchiveError::Unsealed { .. }) => Err(BadInput(format!(
+                        "{e}; give --sealed-only to leave it out or --include-unsealed to read it"
+                    ))
+                    .into()),
+                    Err(e) => Err(e).with_context(|| format!("archive {}", path.display())),
+                }
             }
             Input::Model(path) => bail!(
                 "{}: this is a model file: it holds coefficients, not event descriptions; \

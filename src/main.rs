@@ -70,6 +70,11 @@ fn main() -> ExitCode {
         // The reader of our output went away (`… | head`): nothing more to
         // say, and no one to say it to.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The input's fault, not ours: exit status 1, as a bad line.
+        Err(e) if e.chain().any(|c| c.is::<input::BadInput>()) => {
+            eprintln!("tsem-stream: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("tsem-stream: {e:#}");
             ExitCode::from(2)

@@ -119,3 +119,53 @@ fn replay_recomputes_under_another_profile_and_a_sealed_model() {
     assert!(replayed["violations"].as_u64().unwrap() > 0);
     assert_eq!(replayed["sealed"], true);
 }
+
+#[test]
+fn an_archive_with_an_open_segment_is_replayed_only_when_told_how() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    // A writer that is killed leaves its last segment open (durable records
+    // no chain vouches for yet).
+    let mut writer = bin()
+        .args([
+            "archive",
+            "write",
+            archive.to_str().unwrap(),
+            "-",
+            "--report-durable",
+        ])
+        .args(["--sync-ms", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = lines(&conformance("events.jsonl"));
+    let mut stdin = writer.stdin.take().unwrap();
+    for l in &events[..10] {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut reports = BufReader::new(writer.stdout.take().unwrap()).lines();
+    while reports.next().unwrap().unwrap() != "durable 10" {}
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let a = archive.to_str().unwrap();
+
+    let refused = run(&["replay", "--summary", "json", a]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--include-unsealed") && err.contains("--sealed-only"),
+        "{err}"
+    );
+    let events_of = |extra: &str| -> u64 {
+        let out = ok(&["replay", extra, "--summary", "json", a]);
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["events"].as_u64().unwrap()
+    };
+    assert_eq!(events_of("--include-unsealed"), 10);
+    assert_eq!(events_of("--sealed-only"), 0);
+}

@@ -16,7 +16,8 @@ use tsem_store::{model_from_snapshot, StoreSnapshot};
 
 use super::modeling::read_model_file;
 use crate::cli::ProfileArg;
-use crate::input::{Input, OpenSegment};
+use crate::input::Input;
+use tsem_archive::OpenSegmentPolicy;
 
 /// Options of `diff`.
 #[derive(Args, Clone, Debug)]
@@ -75,7 +76,7 @@ impl Side {
 
     /// An archive or an event file.
     fn load_events(&mut self, mapper: &Mapper) -> anyhow::Result<()> {
-        let mut source = self.input.records(OpenSegment::Included)?;
+        let mut source = self.input.records(OpenSegmentPolicy::Include)?;
         let mut parser = Parser::default();
         self.set.events = Some(0);
         loop {

@@ -178,12 +178,14 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let learned_source: Option<Box<dyn RecordSource>> = match (&args.learned, &snapshot) {
         (Some(path), _) => {
             ctx.learned = Some(path.display().to_string());
-            Some(match open_descriptions(path)? {
-                Descriptions::Records(source) => source,
-                Descriptions::Store(s) => {
-                    lines_source(&s.trajectory, format!("{}:trajectory", path.display()))
-                }
-            })
+            Some(
+                match open_descriptions(path, tsem_archive::OpenSegmentPolicy::Include)? {
+                    Descriptions::Records(source) => source,
+                    Descriptions::Store(s) => {
+                        lines_source(&s.trajectory, format!("{}:trajectory", path.display()))
+                    }
+                },
+            )
         }
         (None, Some(s)) if !s.trajectory.is_empty() => {
             let dir = args.store.as_ref().map(|d| d.display().to_string());
@@ -205,7 +207,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         (Some(path), _) => {
             ctx.forensics = Some(path.display().to_string());
             let name = path.display().to_string();
-            let source = match open_descriptions(path)? {
+            let source = match open_descriptions(path, tsem_archive::OpenSegmentPolicy::Include)? {
                 Descriptions::Records(source) => source,
                 Descriptions::Store(s) => lines_source(&s.forensics, format!("{name}:forensics")),
             };

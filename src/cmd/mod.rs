@@ -35,7 +35,8 @@ pub fn display_name(path: &Path) -> String {
 
 /// Opens an input file (or `-` for stdin) for line reading.
 pub fn open_lines(path: &Path) -> anyhow::Result<Box<dyn RecordSource>> {
-    crate::input::Input::records_or_bundled(Some(path)).records(crate::input::OpenSegment::Included)
+    crate::input::Input::records_or_bundled(Some(path))
+        .records(tsem_archive::OpenSegmentPolicy::Include)
 }
 
 /// Loads a pseudonym list (or the pseudonym lines of a model file).

@@ -28,9 +28,11 @@ use tsem_store::StoreSnapshot;
 use super::modeling::{read_model_file, write_file_atomically};
 use crate::cli::ProfileArg;
 use crate::cli::SummaryFormat;
-use crate::input::{Input, OpenSegment};
+use crate::cli::UnsealedArgs;
+use crate::input::Input;
 use crate::report::Summary;
 use tsem_analysis::rebuild::{feed, FeedError};
+use tsem_archive::OpenSegmentPolicy;
 
 /// Options of `model`.
 #[derive(Args, Clone, Debug)]
@@ -56,6 +58,9 @@ pub struct RebuildOptions {
     /// and pseudonyms are kept).
     #[arg(long, value_name = "FILE|ARCHIVE|STORE")]
     pub from: PathBuf,
+    /// An archive's open segment: refused unless --sealed-only or --include-unsealed.
+    #[command(flatten)]
+    pub unsealed: UnsealedArgs,
     /// A pathname to treat as a pseudonym (repeatable).
     #[arg(long = "pseudonym", value_name = "PATH")]
     pub pseudonym_paths: Vec<String>,
@@ -99,14 +104,17 @@ pub enum Descriptions {
 /// Opens recorded descriptions: a model store directory, an archive
 /// directory, or an events file (`-`: standard input). A model file is
 /// refused with a hint, since it holds coefficients, not descriptions.
-pub fn open_descriptions(path: &Path) -> anyhow::Result<Descriptions> {
+pub fn open_descriptions(
+    path: &Path,
+    open_segment: OpenSegmentPolicy,
+) -> anyhow::Result<Descriptions> {
     match Input::detect(path)? {
         Input::Store(path) => {
             let snapshot =
                 StoreSnapshot::open(&path).with_context(|| format!("store {}", path.display()))?;
             Ok(Descriptions::Store(Box::new(snapshot)))
         }
-        input => Ok(Descriptions::Records(input.records(OpenSegment::Included)?)),
+        input => Ok(Descriptions::Records(input.records(open_segment)?)),
     }
 }
 
@@ -126,7 +134,7 @@ fn digest_arg(name: &str, hex: &str) -> anyhow::Result<Digest> {
 
 /// `tsem-stream model rebuild`.
 fn rebuild(args: &RebuildOptions) -> anyhow::Result<ExitCode> {
-    let from = open_descriptions(&args.from)?;
+    let from = open_descriptions(&args.from, args.unsealed.policy())?;
     let store = match &from {
         Descriptions::Store(s) => Some(s.as_ref()),
         Descriptions::Records(_) => None,
@@ -196,7 +204,7 @@ fn rebuild(args: &RebuildOptions) -> anyhow::Result<ExitCode> {
     };
     let mut accepted = Vec::new();
     for path in &args.add_forensics {
-        let mut source = match open_descriptions(path)? {
+        let mut source = match open_descriptions(path, args.unsealed.policy())? {
             Descriptions::Records(source) => source,
             Descriptions::Store(s) => {
                 lines_source(&s.forensics, format!("{}:forensics", path.display()))

@@ -11,8 +11,9 @@ use tsem_pipeline::Outputs;
 
 use super::modeling::{ModelArgs, RunTuning};
 use super::run::execute;
-use crate::cli::{OutputArgs, SummaryFormat};
-use crate::input::{Input, OpenSegment};
+use crate::cli::{OutputArgs, SummaryFormat, UnsealedArgs};
+use crate::input::Input;
+use tsem_archive::OpenSegmentPolicy;
 
 /// Options of `replay`.
 #[derive(Args, Clone, Debug)]
@@ -27,9 +28,9 @@ pub struct ReplayArgs {
     /// neither -o nor --store is given); nothing is written to any kernel.
     #[command(flatten)]
     pub out: OutputArgs,
-    /// Leave out an archive's open segment (records not yet sealed into its chain).
-    #[arg(long)]
-    pub sealed_only: bool,
+    /// An archive's open segment: refused unless --sealed-only or --include-unsealed.
+    #[command(flatten)]
+    pub unsealed: UnsealedArgs,
     /// An archive directory or an event file (`-` for standard input).
     pub input: PathBuf,
     /// Reading a JetStream stream (`nats://…` as the input).
@@ -39,7 +40,10 @@ pub struct ReplayArgs {
 
 /// The records of an archive or an events file (a model file or a store
 /// is refused with what it is).
-pub fn source_of(input: &Path, open_segment: OpenSegment) -> anyhow::Result<Box<dyn RecordSource>> {
+pub fn source_of(
+    input: &Path,
+    open_segment: OpenSegmentPolicy,
+) -> anyhow::Result<Box<dyn RecordSource>> {
     Input::detect(input)?.records(open_segment)
 }
 
@@ -55,12 +59,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             &args.out,
         );
     }
-    let open_segment = if args.sealed_only {
-        OpenSegment::Excluded
-    } else {
-        OpenSegment::Included
-    };
-    let source = source_of(&args.input, open_segment)?;
+    let source = source_of(&args.input, args.unsealed.policy())?;
     let mut publishing = super::fleet::start_publishing(&args.publish, None, None)?;
     let tap = publishing
         .as_ref()

@@ -15,8 +15,9 @@ use tsem_pipeline::{ControlProtocol, ModelSink, Outputs, PipelineError, VerdictW
 
 use super::modeling::{write_file_atomically, ModelArgs, RunTuning};
 use crate::cli::{OutputArgs, SummaryFormat};
-use crate::input::{Input, OpenSegment};
+use crate::input::Input;
 use crate::report::Summary;
+use tsem_archive::OpenSegmentPolicy;
 
 /// Release protocol for verdicts (and, with -P, the process structure).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
@@ -218,7 +219,7 @@ pub fn execute(
 
 /// The records of `--input` (`-`: stdin), or of the bundled example.
 pub fn open_input(input: Option<&PathBuf>) -> anyhow::Result<Box<dyn RecordSource>> {
-    Input::records_or_bundled(input.map(PathBuf::as_path)).records(OpenSegment::Included)
+    Input::records_or_bundled(input.map(PathBuf::as_path)).records(OpenSegmentPolicy::Include)
 }
 
 /// Writes the requested outputs and picks the exit status.
