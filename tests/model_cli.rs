@@ -580,3 +580,51 @@ fn a_closed_stdout_ends_a_command_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_kill_during_output_leaves_the_old_model_or_the_new_one_whole() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let out = ok(&["generate", "--events", "50000", "--new-fraction", "0.5"]);
+    std::fs::write(&events, &out.stdout).unwrap();
+    let model = dir.path().join("model");
+    let old = "# profile quixote\nseal\nend\n";
+    std::fs::write(&model, old).unwrap();
+    for i in 0..8u64 {
+        let mut child = bin()
+            .args([
+                "learn",
+                "-o",
+                model.to_str().unwrap(),
+                events.to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40 * i));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&model).unwrap();
+        if text != old {
+            assert!(
+                text.starts_with("# profile quixote\n") && text.ends_with("\nseal\nend\n"),
+                "a torn model after a kill at {} ms",
+                40 * i
+            );
+            std::fs::write(&model, old).unwrap();
+        }
+    }
+    // The temporaries of killed writers are gone after the next write.
+    ok(&[
+        "learn",
+        "-o",
+        model.to_str().unwrap(),
+        events.to_str().unwrap(),
+    ]);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
