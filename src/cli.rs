@@ -17,7 +17,9 @@ use crate::cmd;
     name = "tsem-stream",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status, for every command: 0 success, 1 bad input, 2 failure, \
+                  3 violations of an enforced model (enforce, run -e, replay -e)."
 )]
 pub struct Cli {
     /// The subcommand (`run` when none is given).

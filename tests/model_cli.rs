@@ -628,3 +628,13 @@ fn a_kill_during_output_leaves_the_old_model_or_the_new_one_whole() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn the_exit_status_rule_is_in_the_help() {
+    let out = ok(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("0 success, 1 bad input, 2 failure, 3 violations"),
+        "{help}"
+    );
+}
