@@ -311,6 +311,24 @@ pub struct TimedSource<R> {
 /// input is idle.
 const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The line `next` delivered (a record or an oversized line), numbered
+/// after `number`, which it advances; `None` for what is not a line.
+pub fn numbered<'a>(next: &Next<'a>, number: &mut u64) -> Option<Fetch<'a>> {
+    let line = match *next {
+        Next::Record(bytes) => Fetch::Record {
+            number: *number + 1,
+            bytes,
+        },
+        Next::Oversized(len) => Fetch::Oversized {
+            number: *number + 1,
+            len,
+        },
+        Next::Idle | Next::Truncated | Next::End => return None,
+    };
+    *number += 1;
+    Some(line)
+}
+
 /// Readers that deliver records with a timeout (see [`Next`]).
 pub trait TimedReader: Send {
     /// The next record, waiting at most `timeout` (`None`: block).
@@ -381,22 +399,12 @@ impl<R: TimedReader> RecordSource for TimedSource<R> {
         };
         // Idle and a restart after truncation come back as Idle: the reader
         // stage simply asks again.
-        Ok(match self.reader.next_timed(timeout)? {
-            Next::Record(bytes) => {
-                self.number += 1;
-                Fetch::Record {
-                    number: self.number,
-                    bytes,
-                }
-            }
-            Next::Oversized(len) => {
-                self.number += 1;
-                Fetch::Oversized {
-                    number: self.number,
-                    len,
-                }
-            }
-            Next::Idle => Fetch::Idle,
+        let next = self.reader.next_timed(timeout)?;
+        if let Some(line) = numbered(&next, &mut self.number) {
+            return Ok(line);
+        }
+        Ok(match next {
+            Next::Record(_) | Next::Oversized(_) | Next::Idle => Fetch::Idle,
             Next::Truncated => {
                 self.number = 0;
                 Fetch::Idle

@@ -1399,22 +1399,12 @@ impl<R: TimedReader> RecordSource for WorkloadSource<R> {
         };
         // Waiting in bounded steps (returning Idle in between) lets the
         // pipeline notice a stop, and this source notice the exit.
-        Ok(match self.reader.next_timed(Some(timeout))? {
-            Next::Record(bytes) => {
-                self.number += 1;
-                Fetch::Record {
-                    number: self.number,
-                    bytes,
-                }
-            }
-            Next::Oversized(len) => {
-                self.number += 1;
-                Fetch::Oversized {
-                    number: self.number,
-                    len,
-                }
-            }
-            Next::Idle | Next::Truncated => {
+        let next = self.reader.next_timed(Some(timeout))?;
+        if let Some(line) = tsem_ingest::source::numbered(&next, &mut self.number) {
+            return Ok(line);
+        }
+        Ok(match next {
+            Next::Record(_) | Next::Oversized(_) | Next::Idle | Next::Truncated => {
                 if wait && exited {
                     self.ended = true;
                     Fetch::End
