@@ -44,8 +44,9 @@ pub fn load_pseudonyms(path: Option<&Path>) -> anyhow::Result<Pseudonyms> {
     let Some(path) = path else {
         return Ok(Pseudonyms::new());
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A pseudonym makes a file's content not count: the list is trusted
+    // like a model file.
+    let text = modeling::read_model_file(path)?;
     Pseudonyms::from_text(&text).with_context(|| format!("{}", path.display()))
 }
 
