@@ -330,15 +330,19 @@ fn a_model_of_another_profile_is_refused() {
     ])
     .status
     .success());
+    // Another profile than the model's, asked for explicitly (without
+    // --profile the model's own is used).
     let o = run(&[
         "enforce",
+        "--profile",
+        "quixote",
         "-m",
         model.to_str().unwrap(),
         events.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("profile kernel"),
+        String::from_utf8_lossy(&o.stderr).contains("give --profile kernel"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -637,4 +641,40 @@ fn the_exit_status_rule_is_in_the_help() {
         help.contains("0 success, 1 bad input, 2 failure, 3 violations"),
         "{help}"
     );
+}
+
+#[test]
+fn a_model_brings_its_own_profile_to_enforce_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("kernel.model");
+    let events = real_kernel("export-records.jsonl");
+    let ev = events.to_str().unwrap();
+    ok(&[
+        "learn",
+        "--profile",
+        "kernel",
+        "-o",
+        model.to_str().unwrap(),
+        ev,
+    ]);
+    // No --profile: the model's `# profile kernel` is used.
+    let out = ok(&[
+        "enforce",
+        "--summary",
+        "json",
+        "-m",
+        model.to_str().unwrap(),
+        ev,
+    ]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["profile"], "kernel");
+    assert_eq!(s["violations"], 0);
+}
+
+#[test]
+fn a_run_that_writes_nothing_else_prints_its_summary() {
+    let events = real_kernel("export-records.jsonl");
+    let out = ok(&["run", "--input", events.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("events 109 points "), "{err}");
 }

@@ -132,7 +132,7 @@ pub enum ArchiveError {
         found: String,
     },
     /// The directory could have been planted or changed by another user.
-    #[error("archive {0}")]
+    #[error(transparent)]
     Untrusted(#[from] tsem_durable::TrustError),
     /// Another writer has the archive open.
     #[error("{}: another writer has this archive open", .0.display())]

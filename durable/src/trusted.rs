@@ -19,13 +19,14 @@ use std::path::{Path, PathBuf};
 /// Why a file or directory is not trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    /// It could not be examined or read.
-    #[error("{}: {source}", path.display())]
+    /// It could not be examined or read. (The error is part of the message,
+    /// not a `source`: a report that prints the chain would say it twice.)
+    #[error("{}: {error}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It is there, but another user could have planted or changed it.
     #[error("{}: {problem}; {fix}", path.display())]
@@ -48,9 +49,9 @@ fn unsafe_path(path: &Path, problem: impl Into<String>, fix: impl Into<String>) 
 }
 
 fn io_error(path: &Path) -> impl Fn(io::Error) -> TrustError + '_ {
-    move |source| TrustError::Io {
+    move |error| TrustError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

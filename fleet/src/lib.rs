@@ -72,7 +72,7 @@ pub enum FleetError {
         source: io::Error,
     },
     /// The buffer directory could have been planted or changed by another user.
-    #[error("publish buffer {0}")]
+    #[error(transparent)]
     Untrusted(#[from] tsem_durable::TrustError),
     /// Another process publishes through this buffer.
     #[error("{}: buffer in use by another publisher", .0.display())]

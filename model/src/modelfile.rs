@@ -20,7 +20,7 @@ pub enum ModelFileError {
         problem: String,
     },
     /// The model was made under another mapping profile.
-    #[error("model was written for profile {found}, not {expected}")]
+    #[error("model was written for profile {found}, not {expected}: leave --profile out (a model keeps its own), or give --profile {found}")]
     ProfileMismatch {
         /// Profile named by the model's `# profile` comment.
         found: String,

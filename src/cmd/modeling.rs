@@ -14,9 +14,10 @@ use crate::cli::{OnError, ProfileArg};
 /// How the model is set up before events are applied.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ModelArgs {
-    /// Mapping profile.
-    #[arg(long, value_enum, default_value_t)]
-    pub profile: ProfileArg,
+    /// Mapping profile (default: the one the model file given with -m was
+    /// written for, else quixote).
+    #[arg(long, value_enum)]
+    pub profile: Option<ProfileArg>,
     /// Hardware aggregate to start from (hex), as the kernel's aggregate record would.
     #[arg(long, value_name = "HEX")]
     pub aggregate: Option<String>,
@@ -128,17 +129,28 @@ impl ModelArgs {
 
     /// Builds the starting model: base, aggregate, model file, pseudonyms, in that order.
     pub fn build_model(&self, unseal: bool) -> anyhow::Result<Model> {
-        let mut model = Model::new(self.profile.into());
+        let file = match &self.model {
+            Some(path) => Some((path, read_model_file(path)?)),
+            None => None,
+        };
+        // A model remembers the profile it was written for (`# profile`).
+        let profile = match (self.profile, &file) {
+            (Some(p), _) => p.into(),
+            (None, Some((path, text))) => {
+                modelfile::declared_profile(text).with_context(|| format!("{}", path.display()))?
+            }
+            (None, None) => tsem_model::Profile::default(),
+        };
+        let mut model = Model::new(profile);
         if let Some(b) = &self.base {
             model.set_base(digest_arg("base", b)?);
         }
         if let Some(a) = &self.aggregate {
             model.set_aggregate(digest_arg("aggregate", a)?);
         }
-        if let Some(path) = &self.model {
-            let text = read_model_file(path)?;
-            let report = modelfile::load(&text, &mut model)
-                .with_context(|| format!("{}", path.display()))?;
+        if let Some((path, text)) = &file {
+            let report =
+                modelfile::load(text, &mut model).with_context(|| format!("{}", path.display()))?;
             if self.require_signed && !report.signed {
                 bail!(
                     "{}: the model is not signed (--require-signed)",

@@ -407,14 +407,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let published = publishing
         .map(|p| super::fleet::finish_publishing(p, &outcome))
         .transpose()?;
-    let summary_format = args
-        .out
-        .summary
-        .or(if args.input.is_none() && args.tsem_root.is_none() {
-            Some(SummaryFormat::Text)
-        } else {
-            None
-        });
+    // A run that writes nothing else says what it did (as `replay` does).
+    let summary_format =
+        args.out
+            .summary
+            .or(if args.out.output.is_none() && args.model.store.is_none() {
+                Some(SummaryFormat::Text)
+            } else {
+                None
+            });
     super::fleet::finish_with_publish(
         &outcome,
         args.out.output.as_ref(),

@@ -61,7 +61,7 @@ pub fn load_view_model(args: &ShowArgs) -> anyhow::Result<Model> {
     }
     if let Some(events) = &args.events {
         let model_args = ModelArgs {
-            profile: args.profile,
+            profile: Some(args.profile),
             ..ModelArgs::default()
         };
         let tuning = RunTuning {

@@ -163,7 +163,7 @@ pub struct StoredPoint {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The directory could have been planted or changed by another user.
-    #[error("store {0}")]
+    #[error(transparent)]
     Untrusted(#[from] tsem_durable::TrustError),
     /// A system call on a store file failed.
     #[error("I/O error on {}: {source}", .path.display())]
@@ -229,7 +229,7 @@ pub enum StoreError {
         points: u64,
     },
     /// The store was made under another mapping profile than the one asked for.
-    #[error("the store was made with profile {store}, not {requested}")]
+    #[error("the store was made with profile {store}, not {requested}: give --profile {store}")]
     ProfileMismatch {
         /// The store's profile.
         store: Profile,
