@@ -106,7 +106,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         templates: Option<PathBuf>,
     },
-    /// Print the security state coefficient of each event line, in input order.
+    /// Print the security state coefficient of each event line, in input order
+    /// (an `aggregate` record has none: nothing is printed for it).
     Coefficients {
         /// Mapping profile.
         #[arg(long, value_enum, default_value_t)]

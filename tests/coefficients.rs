@@ -283,3 +283,28 @@ fn kernel_profile_reproduces_a_real_tsem_kernel() {
     assert_eq!(got.len(), 49);
     assert_same_lines(&got, &want[..49], "real kernel trajectory");
 }
+
+#[test]
+fn an_aggregate_record_prints_nothing_and_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("export.jsonl");
+    let event = lines(&real_kernel("export-records.jsonl")).remove(0);
+    let aggregate = format!(
+        "{{\"export\": {{\"type\": \"aggregate\"}}, \"aggregate\": {{\"value\": \"{}\"}}}}",
+        "11".repeat(32)
+    );
+    std::fs::write(&input, format!("{aggregate}\n{event}\n")).unwrap();
+    let out = run(&[
+        "coefficients",
+        "--profile",
+        "kernel",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_lines(&out).len(), 1);
+}

@@ -40,9 +40,11 @@ pub fn run(
                         }
                         mapper
                             .coefficient(&view)
+                            .map(Some)
                             .map_err(|e| format!("{}: {e}", view.type_name))
                     }
-                    Record::Aggregate { .. } => Err("aggregate record: no coefficient".to_owned()),
+                    // The platform's measurement, not an event: nothing to print.
+                    Record::Aggregate { .. } => Ok(None),
                     Record::LogNotice { .. } => {
                         Err("log record without an event description".to_owned())
                     }
@@ -51,7 +53,8 @@ pub fn run(
                 .and_then(|r| r),
         };
         let written = match result {
-            Ok(c) => {
+            Ok(None) => Ok(()),
+            Ok(Some(c)) => {
                 let mut hex = [0u8; 64];
                 c.write_hex(&mut hex);
                 let p: &[u8] = if prefix { b"state " } else { b"" };
