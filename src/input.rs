@@ -127,28 +127,11 @@ impl Input {
                 open_path(&path, DEFAULT_MAX_RECORD_LEN)
                     .with_context(|| format!("cannot open {}", path.display()))
             }
-            Input::Archive(path) => {
-                let archive =
-                    Archive::open(path).with_context(|| format!("archive {}", path.display()))?;
-                if let (Some(name), OpenSegmentPolicy::Include) =
-                    (archive.open_segment(), open_segment)
-                {
-                    eprintln!(
-                        "tsem-stream: {}: reading the open segment {name} too (records not yet sealed into the chain)",
-                        path.display()
-                    );
-                }
-                match ArchiveSource::new(archive, DEFAULT_MAX_RECORD_LEN)
-                    .with_open_segment(open_segment)
-                {
-                    Ok(source) => Ok(Box::new(source)),
-                    Err(e @ ArchiveError::Unsealed { .. }) => Err(BadInput(format!(
-                        "{e}; give --sealed-only to leave it out or --include-unsealed to read it"
-                    ))
-                    .into()),
-                    Err(e) => Err(e).with_context(|| format!("archive {}", path.display())),
-                }
-            }
+            Input::Archive(path) => Ok(Box::new(archive_source(
+                path,
+                DEFAULT_MAX_RECORD_LEN,
+                open_segment,
+            )?)),
             Input::Model(path) => bail!(
                 "{}: this is a model file: it holds coefficients, not event descriptions; \
                  give the events file, archive or store it was learned from",
@@ -160,6 +143,31 @@ impl Input {
             ),
             Input::Nats(url) => bail!("{url}: a NATS stream is read by `fleet` and `replay`"),
         }
+    }
+}
+
+/// The records of the archive in `path` (lines longer than `max_len` are
+/// reported, not read), its open segment read, left out or refused as
+/// `open_segment` says; reading it is said on stderr.
+pub fn archive_source(
+    path: &Path,
+    max_len: usize,
+    open_segment: OpenSegmentPolicy,
+) -> anyhow::Result<ArchiveSource> {
+    let archive = Archive::open(path).with_context(|| format!("archive {}", path.display()))?;
+    if let (Some(name), OpenSegmentPolicy::Include) = (archive.open_segment(), open_segment) {
+        eprintln!(
+            "tsem-stream: {}: reading the open segment {name} too (records not yet sealed into the chain)",
+            path.display()
+        );
+    }
+    match ArchiveSource::new(archive, max_len).with_open_segment(open_segment) {
+        Ok(source) => Ok(source),
+        Err(e @ ArchiveError::Unsealed { .. }) => Err(BadInput(format!(
+            "{e}; give --sealed-only to leave it out or --include-unsealed to read it"
+        ))
+        .into()),
+        Err(e) => Err(e).with_context(|| format!("archive {}", path.display())),
     }
 }
 

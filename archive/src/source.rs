@@ -125,12 +125,6 @@ impl ArchiveSource {
         self
     }
 
-    /// Leaves out the open segment.
-    pub fn sealed_only(mut self, sealed_only: bool) -> ArchiveSource {
-        self.include_open = !sealed_only;
-        self
-    }
-
     /// Applies `policy` to the open segment; with
     /// [`OpenSegmentPolicy::Refuse`], an archive that has one (with records
     /// or not: a writer may be appending) is refused before any record is read.

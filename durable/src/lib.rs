@@ -214,13 +214,17 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> io::Result<Written> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    remove_stale_temporaries(dir)?;
+    remove_stale_temporaries(parent_dir(path))?;
     replace_file(path, bytes)?;
     Ok(Written::Replaced)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// What [`write_and_rename`] waits for.
@@ -234,10 +238,7 @@ enum Sync {
 /// over `path`; returns the directory.
 fn write_and_rename<'p>(path: &'p Path, bytes: &[u8], sync: Sync) -> io::Result<&'p Path> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;

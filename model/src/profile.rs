@@ -143,21 +143,17 @@ impl Mapper {
 
     /// The security state coefficient of an event (mapping.md M8).
     pub fn coefficient(&self, view: &EventView<'_>) -> Result<Coefficient, MapError> {
-        let coe = Fields::new(view.coe, "COE", self.profile);
+        let (coe, cell) = coe_and_cell(self.profile, &self.pseudonyms, view)?;
         let mut p = Preimage::new();
         p.raw(view.type_name.as_bytes());
         match self.profile {
             Profile::Quixote => {
-                let coe = quixote::coe(&coe)?;
-                let cell = quixote::cell(view, &self.pseudonyms)?;
                 decode_hex_chunks(view.task_id.as_bytes(), "event.task_id", |b| {
                     p.raw(b);
                 })?;
                 p.raw(&coe.0).raw(&cell.0);
             }
             Profile::Kernel => {
-                let coe = kernel::coe(&coe)?;
-                let cell = kernel::cell(view, &self.pseudonyms)?;
                 let p_task_id = view
                     .p_task_id()
                     .ok_or_else(|| MapError::Missing("event.p_task_id".into()))?;

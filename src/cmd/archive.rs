@@ -14,11 +14,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use tsem_archive::{
     export_parquet, Archive, ArchiveSource, ArchiveTap, DurableWriter, Filter, OpenReport,
-    WriterOptions,
+    OpenSegmentPolicy, WriterOptions,
 };
 use tsem_ingest::{Fetch, RecordSource};
 
 use super::{display_name, open_lines};
+use crate::input::archive_source;
 
 /// Options of `archive`.
 #[derive(Args, Clone, Debug)]
@@ -417,16 +418,12 @@ fn verify(dir: &Path, head: Option<&str>, strict: bool) -> anyhow::Result<ExitCo
 /// The records of `dir` that `filter` selects, with a note on stderr when
 /// the open segment is read.
 fn source_for(dir: &Path, filter: &FilterArgs) -> anyhow::Result<ArchiveSource> {
-    let archive = open_archive(dir)?;
-    if let (Some(name), false) = (archive.open_segment(), filter.sealed_only) {
-        eprintln!(
-            "tsem-stream: {}: reading the open segment {name} too (records not yet sealed into the chain)",
-            dir.display()
-        );
-    }
-    Ok(ArchiveSource::new(archive, usize::MAX)
-        .with_filter(filter.filter())
-        .sealed_only(filter.sealed_only))
+    let open_segment = if filter.sealed_only {
+        OpenSegmentPolicy::Exclude
+    } else {
+        OpenSegmentPolicy::Include
+    };
+    Ok(archive_source(dir, usize::MAX, open_segment)?.with_filter(filter.filter()))
 }
 
 fn cat(dir: &Path, filter: &FilterArgs) -> anyhow::Result<ExitCode> {
