@@ -884,20 +884,8 @@ fn the_whole_host_is_exported_from_boot_without_a_gap() {
         "the workload's connects: {s}"
     );
 
-    let archived = archived_records(kernel, &boot.out_path("host.archive"));
-    assert_eq!(archived.lines().count() as u64, records, "archived records");
-    let mut numbers: Vec<u64> = archived
-        .lines()
-        .map(|l| {
-            let v = json(l);
-            assert_eq!(v["event"]["context"], "0", "{l}");
-            v["event"]["number"]
-                .as_str()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no event.number: {l}"))
-        })
-        .collect();
-    numbers.sort_unstable();
+    let numbers = archived_numbers(kernel, &boot.out_path("host.archive"));
+    assert_eq!(numbers.len() as u64, records, "archived records");
     let expected: Vec<u64> = (1..=records).collect();
     assert_eq!(numbers, expected, "every event since boot, each once");
 
